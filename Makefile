@@ -1,0 +1,45 @@
+# The two commands a newcomer needs:  `make train`  and  `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# MNIST's four IDX files; without a folder the trainer downloads MNIST with torchvision.
+MNIST_DIR ?= $(firstword $(wildcard ../shared/datasets/mnist) data/mnist)
+MODELS_DIR ?= models
+export MNIST_DIR MODELS_DIR
+
+.PHONY: install train serve test lint docker-e2e bench report clean
+
+install: $(VENV)/.installed
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	# torch first and pinned: pip takes these exact builds from the local disk or the index.
+	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install -q -e '.[train,serve,test]'
+	touch $@
+
+train: install  ## train every step on full MNIST and publish it into $(MODELS_DIR)
+	$(PY) -m trainer run --steps all
+
+serve: install  ## serve $(MODELS_DIR) on http://127.0.0.1:8000
+	$(VENV)/bin/uvicorn service.app:app --host 127.0.0.1 --port 8000
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+test: install lint  ## lint, type-check and run the whole test suite
+	$(PY) -m pytest
+
+report: install  ## regenerate reports/REPORT.md from the committed metrics
+	$(PY) -m trainer report
+
+bench: install  ## both benchmarks (minutes, CPU)
+	$(PY) bench/train_speed.py
+	$(PY) bench/serve.py
+
+docker-e2e: install  ## build both images on a real engine and run train -> serve -> predict
+	bash tests/docker/e2e.sh
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,105 @@
+"""The step catalogue: every step's shape and size, and the seed's tables reproduced exactly."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+
+from tests.conftest import SEED_ASSIGNMENT
+from trainer.steps import REGISTRY, all_steps, count_params, get_step
+from trainer.summary import summarize
+from volume import STEP_SLUGS
+
+EXPECTED_PARAMS = {
+    "setup": 593_200,  # the seed's tables
+    "skeleton": 194_884,
+    "lighter": 20_954,
+    "gap": 9_490,
+}
+
+
+def seed_tables() -> dict[str, str]:
+    """The seed's torchsummary blocks, by step, in the seed's order of headings."""
+    text = SEED_ASSIGNMENT.read_text()
+    blocks = re.findall(r"### Model Summary:\n```\n(.*?)```", text, flags=re.S)
+    return {slug: block for slug, block in zip(STEP_SLUGS, blocks, strict=True) if block.strip()}
+
+
+def table_rows(text: str) -> list[str]:
+    """The layer rows, totals and sizes, whitespace-normalised; rules and blanks dropped."""
+    keep = []
+    for line in text.splitlines():
+        line = " ".join(line.split())
+        if line and not set(line) <= {"-", "="}:
+            keep.append(line)
+    return keep
+
+
+def test_registry_covers_the_contract_in_order() -> None:
+    assert list(REGISTRY) == list(STEP_SLUGS)
+    assert [s.slug for s in all_steps()] == list(STEP_SLUGS)
+
+
+@pytest.mark.parametrize("slug", STEP_SLUGS)
+def test_forward_shape_and_log_probabilities(slug: str) -> None:
+    torch.manual_seed(0)
+    model = get_step(slug).build().eval()
+    out = model(torch.randn(3, 1, 28, 28))
+    assert out.shape == (3, 10)
+    assert torch.isfinite(out).all()
+    assert torch.allclose(out.exp().sum(1), torch.ones(3), atol=1e-5)
+
+
+@pytest.mark.parametrize(("slug", "params"), EXPECTED_PARAMS.items())
+def test_seed_parameter_counts(slug: str, params: int) -> None:
+    assert count_params(get_step(slug).build()) == params
+
+
+def test_final_step_meets_the_size_budget() -> None:
+    assert count_params(get_step("scheduler").build()) < 8_000
+
+
+@pytest.mark.parametrize(("before", "after"), [("lighter", "batchnorm"), ("batchnorm", "dropout")])
+def test_designed_steps_change_one_thing(before: str, after: str) -> None:
+    """batchnorm adds BatchNorm2d to lighter, dropout adds Dropout to batchnorm, nothing else."""
+    types_before = [r.type for r in summarize(get_step(before).build(), before).layers]
+    types_after = [r.type for r in summarize(get_step(after).build(), after).layers]
+    added = {"batchnorm": "BatchNorm2d", "dropout": "Dropout"}[after]
+    assert added not in types_before
+    assert [t for t in types_after if t != added] == types_before
+
+
+@pytest.mark.parametrize("slug", list(seed_tables()))
+def test_summary_matches_the_seed_table(slug: str) -> None:
+    ours = table_rows(summarize(get_step(slug).build(), slug).text)
+    theirs = table_rows(seed_tables()[slug])
+    assert ours[: len(theirs)] == theirs  # the seed's skeleton table stops before the sizes
+    assert len(theirs) >= len(ours) - 4
+
+
+def test_summary_reports_receptive_fields() -> None:
+    rows = summarize(get_step("gap").build(), "gap").layers
+    convs = [(r.name, r.receptive_field) for r in rows if r.type in ("Conv2d", "AvgPool2d")]
+    assert convs == [
+        ("Conv2d-1", 3),
+        ("Conv2d-5", 5),
+        ("Conv2d-9", 7),
+        ("Conv2d-14", 8),  # after the max-pool: RF 8, jump 2
+        ("Conv2d-18", 12),
+        ("Conv2d-22", 16),
+        ("Conv2d-26", 16),
+        ("AvgPool2d-30", 28),
+    ]
+    # The first model pools with F.max_pool2d, invisible to the table but not to the RF.
+    setup = {r.name: r.receptive_field for r in summarize(get_step("setup").build(), "setup").layers}
+    assert setup["Conv2d-3"] == 10 and setup["Linear-5"] == 28
+
+
+def test_summary_leaves_the_model_as_it_was() -> None:
+    model = get_step("gap").build().train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    summarize(model, "gap")
+    assert model.training
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())

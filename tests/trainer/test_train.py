@@ -1,0 +1,109 @@
+"""Training for real on small subsets: learning, determinism, the CLI and its errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import ROOT
+from trainer.data import read_mnist_folder
+from trainer.steps import get_step
+from trainer.train import fit
+from volume import read_index, read_version
+
+
+def trainer_cli(*args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "trainer", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
+
+
+def test_same_seed_same_numbers_on_cpu(mnist_dir: Path) -> None:
+    mnist = read_mnist_folder(mnist_dir)
+    recipe = replace(get_step("batchnorm").recipe, epochs=1)
+    runs = []
+    for _ in range(2):
+        torch.manual_seed(7)
+        model = get_step("batchnorm").build()
+        runs.append(fit(model, mnist.train.head(512), mnist.test.head(256), recipe, progress=False))
+    assert runs[0].epochs[0].model_copy(update={"seconds": 0}) == runs[1].epochs[0].model_copy(
+        update={"seconds": 0}
+    )
+
+
+@pytest.mark.slow
+def test_one_epoch_on_a_subset_learns_and_publishes(mnist_dir: Path, tmp_path: Path) -> None:
+    result = trainer_cli(
+        "run", "--steps", "batchnorm", "--epochs", "1", "--limit", "3000",
+        "--data-dir", str(mnist_dir), "--out", str(tmp_path),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "device: cpu" in result.stderr
+    entry = read_index(tmp_path).steps["batchnorm"]
+    metrics = read_version(tmp_path, "batchnorm", entry).metrics
+    assert metrics.best_test_accuracy > 50.0  # chance is 10 %
+    (epoch,) = metrics.epochs
+    assert epoch.train_loss > 0 and epoch.seconds > 0 and epoch.lr == 0.01
+    assert metrics.provenance.limit == 3000 and metrics.provenance.seed == 1
+    assert metrics.provenance.data["train-images-idx3-ubyte"].startswith("ba891046")
+    assert metrics.provenance.versions["torch"].startswith("2.14.1")
+    assert metrics.recipe["epochs"] == 1
+    assert (tmp_path / "checkpoints" / "batchnorm.pt").exists()
+    listing = trainer_cli("ls", "--out", str(tmp_path))
+    assert "batchnorm" in listing.stdout and entry.version in listing.stdout
+
+
+def test_summary_command_prints_the_seed_table() -> None:
+    result = trainer_cli("summary", "setup")
+    assert result.returncode == 0
+    assert "Total params: 593,200" in result.stdout
+    assert "            Conv2d-1           [-1, 32, 26, 26]             320" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["run", "--steps", "gap", "--data-dir", "/nonexistent/mnist"], "does not exist"),
+        (["run", "--steps", "nine", "--data-dir", "."], "unknown step 'nine'"),
+        (["summary", "../x"], "unknown step '../x'"),
+        (["export", "gap", "--data-dir", "/nonexistent"], "does not exist"),
+    ],
+)
+def test_bad_input_is_one_clear_line(args: list[str], message: str, tmp_path: Path) -> None:
+    result = trainer_cli(*args, "--out", str(tmp_path)) if args[0] != "summary" else trainer_cli(*args)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert message in result.stderr
+    assert list(tmp_path.iterdir()) == []  # nothing half-written
+
+
+def test_export_without_a_checkpoint_says_to_train(mnist_dir: Path, tmp_path: Path) -> None:
+    result = trainer_cli("export", "gap", "--data-dir", str(mnist_dir), "--out", str(tmp_path))
+    assert result.returncode == 2
+    assert "train it first with `python -m trainer run --steps gap`" in result.stderr
+
+
+def test_metrics_json_is_plain_json(mnist_dir: Path, tmp_path: Path) -> None:
+    """The published metrics are readable without this project's code."""
+    result = trainer_cli(
+        "run", "--steps", "gap", "--epochs", "1", "--limit", "500", "--quiet",
+        "--data-dir", str(mnist_dir), "--out", str(tmp_path),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    version = json.loads((tmp_path / "index.json").read_text())["steps"]["gap"]["version"]
+    metrics = json.loads((tmp_path / "gap" / version / "metrics.json").read_text())
+    assert metrics["best_epoch"] == 1 and len(metrics["epochs"]) == 1
+    assert metrics["verification"]["disagreements"] == 0

@@ -1,0 +1,243 @@
+"""``python -m trainer``: train, summarise, export and list the steps of the assignment.
+
+    python -m trainer run --steps all                 # train every step, publish into $MODELS_DIR
+    python -m trainer run --steps gap --epochs 1 --limit 5000 --data-dir ../shared/datasets/mnist
+    python -m trainer summary setup                   # the seed-style layer table
+    python -m trainer export gap                      # re-export a kept checkpoint, no training
+    python -m trainer ls                              # what the model volume holds
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import asdict, replace
+from datetime import UTC, datetime
+from pathlib import Path
+
+import torch
+
+from trainer.data import MNIST, DataError, load_mnist
+from trainer.export import ExportError, export_and_publish, load_checkpoint, save_checkpoint
+from trainer.steps import all_steps, count_params, get_step
+from trainer.summary import summarize
+from trainer.train import fit
+from volume import (
+    STEP_SLUGS,
+    STEPS,
+    Metrics,
+    Provenance,
+    UnknownStepError,
+    VolumeError,
+    read_index,
+    read_version,
+    resolve_step,
+)
+
+
+def parse_steps(text: str) -> list[str]:
+    """``all`` or a comma-separated list of slugs or numbers, in the seed's order."""
+    if text.strip().lower() == "all":
+        return list(STEP_SLUGS)
+    chosen = {resolve_step(part) for part in text.split(",") if part.strip()}
+    return [s for s in STEP_SLUGS if s in chosen]
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("error: --device cuda, but no CUDA GPU is visible; use --device auto")
+    use_cuda = name == "cuda" or (name == "auto" and torch.cuda.is_available())
+    if use_cuda:
+        print(f"device: cuda ({torch.cuda.get_device_name(0)})", file=sys.stderr)
+        return torch.device("cuda")
+    reason = "as asked" if name == "cpu" else "no CUDA GPU found"
+    print(f"device: cpu ({reason}, {torch.get_num_threads()} threads)", file=sys.stderr)
+    return torch.device("cpu")
+
+
+def software_versions() -> dict[str, str]:
+    import onnx
+    import onnxruntime
+    import torchvision
+
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "onnx": onnx.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "platform": platform.platform(),
+    }
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            cwd=Path(__file__).parent,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def load_data(args: argparse.Namespace) -> MNIST:
+    cache = Path(os.environ.get("MNIST_CACHE", Path.home() / ".cache" / "mnist"))
+    return load_mnist(args.data_dir, cache)
+
+
+def cmd_run(args: argparse.Namespace) -> None:
+    steps = parse_steps(args.steps)
+    device = pick_device(args.device)
+    mnist = load_data(args)
+    train, test = mnist.train.head(args.limit).to(device), mnist.test.head(args.limit).to(device)
+    print(f"data: {mnist.source} ({len(train)} train, {len(test)} test images)", file=sys.stderr)
+    command = "python -m trainer " + shlex.join(sys.argv[1:])
+    versions, commit = software_versions(), git_commit()
+    for slug in steps:
+        step = get_step(slug)
+        recipe = step.recipe
+        if args.epochs is not None:
+            recipe = replace(recipe, epochs=args.epochs)
+        if args.seed is not None:
+            recipe = replace(recipe, seed=args.seed)
+        torch.manual_seed(recipe.seed)
+        model = step.build().to(device)
+        started, start = datetime.now(UTC).isoformat(timespec="seconds"), time.perf_counter()
+        print(f"== {step.info.number}. {slug}: {count_params(model):,} params", file=sys.stderr)
+        bar = not args.quiet and sys.stderr.isatty()
+        result = fit(model, train, test, recipe, progress=bar, name=slug, log=not args.quiet)
+        provenance = Provenance(
+            command=command,
+            seed=recipe.seed,
+            device=str(device) if device.type == "cpu" else torch.cuda.get_device_name(0),
+            versions=versions,
+            data=mnist.checksums,
+            limit=args.limit,
+            started_at=started,
+            wall_seconds=round(time.perf_counter() - start, 2),
+            git_commit=commit,
+        )
+        metrics = Metrics(
+            step=slug,
+            number=step.info.number,
+            title=step.info.title,
+            objective=step.objective,
+            params=count_params(model),
+            recipe=asdict(recipe),
+            epochs=result.epochs,
+            best_epoch=result.best_epoch,
+            best_test_accuracy=result.best.test_accuracy,
+            provenance=provenance,
+            verification={},
+        )
+        save_checkpoint(args.out, slug, result.best_state, {"metrics": metrics.model_dump()})
+        version = export_and_publish(args.out, slug, result.best_state, metrics, test, args.keep)
+        print(
+            f"published {slug} {version}: best test accuracy {result.best.test_accuracy:.2f}% "
+            f"(epoch {result.best_epoch})",
+            file=sys.stderr,
+        )
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    mnist = load_data(args)
+    for slug in parse_steps(args.steps):
+        ckpt = load_checkpoint(args.out, slug)
+        metrics = Metrics.model_validate(ckpt["metrics"])
+        test = mnist.test.head(metrics.provenance.limit)
+        version = export_and_publish(args.out, slug, ckpt["state_dict"], metrics, test, args.keep)
+        print(f"published {slug} {version} from {ckpt['step']}'s kept checkpoint", file=sys.stderr)
+
+
+def cmd_summary(args: argparse.Namespace) -> None:
+    slug = resolve_step(args.step)
+    print(summarize(get_step(slug).build(), slug).text, end="")
+
+
+def cmd_ls(args: argparse.Namespace) -> None:
+    index = read_index(args.out)
+    print(f"{'#':>2}  {'step':<10} {'params':>8} {'best test':>9}  version")
+    for info in STEPS:
+        entry = index.steps.get(info.slug)
+        if entry is None:
+            print(f"{info.number:>2}  {info.slug:<10} {'':>8} {'':>9}  (not published)")
+            continue
+        m = read_version(args.out, info.slug, entry).metrics
+        print(
+            f"{info.number:>2}  {info.slug:<10} {m.params:>8,} {m.best_test_accuracy:>8.2f}%  "
+            f"{entry.version}"
+        )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m trainer", description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def volume_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--out",
+            type=Path,
+            default=Path(os.environ.get("MODELS_DIR", "models")),
+            help="the model volume (default: $MODELS_DIR or ./models)",
+        )
+
+    def data_args(p: argparse.ArgumentParser) -> None:
+        default = os.environ.get("MNIST_DIR")
+        p.add_argument(
+            "--data-dir",
+            type=Path,
+            default=Path(default) if default else None,
+            help="folder with the four MNIST IDX files, .gz or raw (default: $MNIST_DIR, else "
+            "download with torchvision into $MNIST_CACHE or ~/.cache/mnist)",
+        )
+        p.add_argument("--keep", type=int, default=3, help="published versions kept per step")
+
+    run = sub.add_parser("run", help="train steps, export and publish each")
+    run.add_argument("--steps", default="all", help="all, or slugs/numbers: gap,scheduler or 6,7")
+    run.add_argument("--epochs", type=int, help="override every recipe's epochs")
+    run.add_argument("--limit", type=int, help="train and test on the first N images only")
+    run.add_argument("--seed", type=int, help="override every recipe's seed")
+    run.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    run.add_argument("--quiet", action="store_true", help="no progress bar, no epoch lines")
+    volume_args(run)
+    data_args(run)
+    run.set_defaults(func=cmd_run)
+
+    export = sub.add_parser("export", help="re-export and publish kept checkpoints")
+    export.add_argument("steps", help="all, or slugs/numbers")
+    volume_args(export)
+    data_args(export)
+    export.set_defaults(func=cmd_export)
+
+    summary = sub.add_parser("summary", help="print a step's torchsummary-style layer table")
+    summary.add_argument("step", help="a slug or a number")
+    summary.set_defaults(func=cmd_summary)
+
+    ls = sub.add_parser("ls", help="list what the model volume holds")
+    volume_args(ls)
+    ls.set_defaults(func=cmd_ls)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except (DataError, ExportError, VolumeError, UnknownStepError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: the last published versions are still in place", file=sys.stderr)
+        return 130
+    return 0

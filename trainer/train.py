@@ -1,0 +1,157 @@
+"""The training loop: ``train_one_epoch()``, ``evaluate()`` and ``fit()`` that keeps the best epoch."""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from trainer.data import Split, batches
+from trainer.steps import Recipe
+from volume import EpochMetrics
+
+
+def make_optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
+    if recipe.optimizer == "adam":
+        return torch.optim.Adam(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
+    return torch.optim.SGD(
+        model.parameters(),
+        lr=recipe.lr,
+        momentum=recipe.momentum,
+        nesterov=recipe.nesterov,
+        weight_decay=recipe.weight_decay,
+    )
+
+
+def make_scheduler(
+    optimizer: torch.optim.Optimizer, recipe: Recipe, steps_per_epoch: int
+) -> torch.optim.lr_scheduler.LRScheduler | None:
+    """OneCycle steps every batch; StepLR every epoch; "constant" has none."""
+    if recipe.schedule == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(
+            optimizer,
+            max_lr=recipe.lr,
+            epochs=recipe.epochs,
+            steps_per_epoch=steps_per_epoch,
+            pct_start=recipe.pct_start,
+            div_factor=recipe.div_factor,
+            final_div_factor=recipe.final_div_factor,
+        )
+    if recipe.schedule == "step":
+        return torch.optim.lr_scheduler.StepLR(optimizer, recipe.step_size, recipe.gamma)
+    if recipe.schedule != "constant":
+        raise ValueError(f"unknown schedule {recipe.schedule!r}")
+    return None
+
+
+def train_one_epoch(
+    model: nn.Module,
+    data: Split,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None,
+    recipe: Recipe,
+    progress: bool = True,
+    description: str = "",
+) -> tuple[float, float]:
+    """One pass over ``data``; returns (mean loss, accuracy %) on the augmented batches."""
+    model.train()
+    loss_sum = torch.zeros((), device=data.labels.device)
+    correct = torch.zeros((), dtype=torch.long, device=data.labels.device)
+    per_batch = recipe.schedule == "onecycle"
+    steps = -(-len(data) // recipe.batch_size)
+    loop = batches(data, recipe.batch_size, True, recipe.rotation, recipe.translate)
+    bar = tqdm(loop, total=steps, desc=description, disable=not progress, leave=False)
+    for x, y in bar:
+        optimizer.zero_grad(set_to_none=True)
+        output = model(x)
+        # The models return log-probabilities, and log_softmax of those is themselves, so
+        # cross_entropy here is the course's nll_loss, with optional label smoothing.
+        loss = F.cross_entropy(output, y, label_smoothing=recipe.label_smoothing)
+        loss.backward()
+        optimizer.step()
+        if scheduler is not None and per_batch:
+            scheduler.step()
+        # Accumulate on the device; a .item() per batch would sync the GPU every step.
+        loss_sum += loss.detach() * len(y)
+        correct += (output.argmax(1) == y).sum()
+    if scheduler is not None and not per_batch:
+        scheduler.step()
+    return loss_sum.item() / len(data), 100.0 * correct.item() / len(data)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, data: Split, batch_size: int = 1000) -> tuple[float, float]:
+    """(mean loss, accuracy %) of ``model`` on ``data``, in eval mode."""
+    model.eval()
+    loss_sum = torch.zeros((), device=data.labels.device)
+    correct = torch.zeros((), dtype=torch.long, device=data.labels.device)
+    for x, y in batches(data, batch_size, shuffle=False):
+        output = model(x)
+        loss_sum += F.nll_loss(output, y, reduction="sum")
+        correct += (output.argmax(1) == y).sum()
+    return loss_sum.item() / len(data), 100.0 * correct.item() / len(data)
+
+
+@dataclass
+class FitResult:
+    epochs: list[EpochMetrics]
+    best_epoch: int  # 1-based
+    best_state: dict[str, torch.Tensor]  # the weights of the best epoch, on the CPU
+
+    @property
+    def best(self) -> EpochMetrics:
+        return self.epochs[self.best_epoch - 1]
+
+
+def fit(
+    model: nn.Module,
+    train: Split,
+    test: Split,
+    recipe: Recipe,
+    progress: bool = True,
+    name: str = "",
+    log: bool = True,
+) -> FitResult:
+    """Train for ``recipe.epochs`` epochs, testing after each; keep the best by test accuracy.
+
+    A later epoch must beat the best strictly, so ties keep the earlier checkpoint.
+    """
+    optimizer = make_optimizer(model, recipe)
+    steps_per_epoch = -(-len(train) // recipe.batch_size)
+    scheduler = make_scheduler(optimizer, recipe, steps_per_epoch)
+    history: list[EpochMetrics] = []
+    best_epoch, best_state = 0, {}
+    for epoch in range(1, recipe.epochs + 1):
+        start = time.perf_counter()
+        desc = f"{name} {epoch}/{recipe.epochs}"
+        train_loss, train_acc = train_one_epoch(
+            model, train, optimizer, scheduler, recipe, progress, desc
+        )
+        test_loss, test_acc = evaluate(model, test)
+        seconds = time.perf_counter() - start
+        lr = optimizer.param_groups[0]["lr"]
+        history.append(
+            EpochMetrics(
+                epoch=epoch,
+                train_loss=round(train_loss, 6),
+                train_accuracy=round(train_acc, 4),
+                test_loss=round(test_loss, 6),
+                test_accuracy=round(test_acc, 4),
+                lr=lr,
+                seconds=round(seconds, 3),
+            )
+        )
+        if not best_state or test_acc > history[best_epoch - 1].test_accuracy:
+            best_epoch = epoch
+            best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        if log:
+            tqdm.write(
+                f"{name} epoch {epoch:2d}: train loss {train_loss:.4f} acc {train_acc:.2f}% | "
+                f"test loss {test_loss:.4f} acc {test_acc:.2f}% | lr {lr:.5f} | {seconds:.1f}s"
+            )
+    return FitResult(history, best_epoch, copy.deepcopy(best_state))
