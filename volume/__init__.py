@@ -260,6 +260,25 @@ def read_version(root: Path, step: str, entry: IndexEntry) -> PublishedVersion:
     return PublishedVersion(step, entry.version, folder, summary, metrics, model_bytes)
 
 
+def read_current(root: Path, step: str, attempts: int = 3) -> PublishedVersion | None:
+    """The current version of ``step`` (None if unpublished), loaded and checked.
+
+    A version can be pruned between reading the index and reading its files when a writer
+    publishes twice in that moment; then the index has moved on, and reading it again is right.
+    A file missing from the version the index still names is damage, and raises VolumeError.
+    """
+    for attempt in range(attempts):
+        entry = read_index(root).steps.get(step)
+        if entry is None:
+            return None
+        try:
+            return read_version(root, step, entry)
+        except VolumeError:
+            if attempt == attempts - 1 or read_index(root).steps.get(step) == entry:
+                raise
+    raise AssertionError("unreachable")
+
+
 def list_versions(root: Path, step: str) -> list[str]:
     folder = Path(root) / step
     if not folder.is_dir():
@@ -290,10 +309,13 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see the old file or the new one, never half."""
+def atomic_write_bytes(path: Path, data: bytes, tmp_dir: Path | None = None) -> None:
+    """Write ``data`` to ``path`` so that readers see the old file or the new one, never half.
+
+    The temporary file goes to ``tmp_dir`` (same file system), by default beside ``path``.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=tmp_dir or path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -360,7 +382,8 @@ def publish(
         )
         steps = dict(index.steps) | {step: entry}
         ordered = {s: steps[s] for s in STEP_SLUGS if s in steps}
-        atomic_write_bytes(root / INDEX_FILE, _dump(Index(steps=ordered)))
+        # The temporary index lives in staging, so what a killed writer leaves is cleaned below.
+        atomic_write_bytes(root / INDEX_FILE, _dump(Index(steps=ordered)), tmp_dir=staging)
         _prune(root, step, keep=keep, current=version)
         clean_staging(root)
     return version
@@ -377,7 +400,10 @@ def clean_staging(root: Path) -> None:
     staging = Path(root) / STAGING_DIR
     if staging.is_dir():
         for leftover in staging.iterdir():
-            shutil.rmtree(leftover, ignore_errors=True)
+            if leftover.is_dir():
+                shutil.rmtree(leftover, ignore_errors=True)
+            else:
+                leftover.unlink(missing_ok=True)
 
 
 def checkpoint_path(root: Path, step: str) -> Path:
