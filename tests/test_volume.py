@@ -166,7 +166,9 @@ def test_two_publishers_and_a_polling_reader(tmp_path: Path) -> None:
     assert reads > 10
     index = json.loads((tmp_path / INDEX_FILE).read_text())
     assert set(index["steps"]) == {"gap", "scheduler"}
-    assert len(list_versions(tmp_path, "gap")) == 2 and len(list_versions(tmp_path, "scheduler")) == 2
+    assert (
+        len(list_versions(tmp_path, "gap")) == 2 and len(list_versions(tmp_path, "scheduler")) == 2
+    )
 
 
 def test_the_volume_module_imports_no_torch() -> None:

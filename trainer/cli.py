@@ -1,10 +1,10 @@
 """``python -m trainer``: train, summarise, export and list the steps of the assignment.
 
-    python -m trainer run --steps all                 # train every step, publish into $MODELS_DIR
-    python -m trainer run --steps gap --epochs 1 --limit 5000 --data-dir ../shared/datasets/mnist
-    python -m trainer summary setup                   # the seed-style layer table
-    python -m trainer export gap                      # re-export a kept checkpoint, no training
-    python -m trainer ls                              # what the model volume holds
+python -m trainer run --steps all                 # train every step, publish into $MODELS_DIR
+python -m trainer run --steps gap --epochs 1 --limit 5000 --data-dir ../shared/datasets/mnist
+python -m trainer summary setup                   # the seed-style layer table
+python -m trainer export gap                      # re-export a kept checkpoint, no training
+python -m trainer ls                              # what the model volume holds
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import torch
 
 from trainer.data import MNIST, DataError, load_mnist
 from trainer.export import ExportError, export_and_publish, load_checkpoint, save_checkpoint
-from trainer.steps import all_steps, count_params, get_step
+from trainer.steps import count_params, get_step
 from trainer.summary import summarize
 from trainer.train import fit
 from volume import (

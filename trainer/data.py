@@ -88,7 +88,9 @@ def _read_idx(path: Path, kind: str, expected_sha256: str) -> tuple[np.ndarray, 
     if kind == "labels":
         return np.frombuffer(raw, np.uint8, count, offset=8), digest
     rows, cols = int.from_bytes(raw[8:12], "big"), int.from_bytes(raw[12:16], "big")
-    return np.frombuffer(raw, np.uint8, count * rows * cols, offset=16).reshape(count, rows, cols), digest
+    return np.frombuffer(raw, np.uint8, count * rows * cols, offset=16).reshape(
+        count, rows, cols
+    ), digest
 
 
 def read_mnist_folder(folder: Path) -> MNIST:
@@ -197,7 +199,11 @@ def batches(
     n = len(split)
     order = torch.randperm(n, device=split.images.device) if shuffle else None
     for start in range(0, n, batch_size):
-        idx = order[start : start + batch_size] if order is not None else slice(start, start + batch_size)
+        idx = (
+            order[start : start + batch_size]
+            if order is not None
+            else slice(start, start + batch_size)
+        )
         x = split.images[idx].unsqueeze(1).float().div_(255.0)
         if rotation or translate:
             x = augment(x, rotation, translate)

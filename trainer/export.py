@@ -41,7 +41,7 @@ class ExportError(Exception):
 
 
 class WithSoftmax(nn.Module):
-    """What is exported: the step's model followed by softmax, so the graph outputs probabilities."""
+    """What is exported: the model, then softmax, so that the graph outputs probabilities."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
@@ -101,7 +101,9 @@ def verify_onnx(model: nn.Module, onnx_bytes: bytes, images: Split) -> dict[str,
     return {"images": len(x), "max_abs_diff": max_diff, "atol": ATOL, "disagreements": disagree}
 
 
-def save_checkpoint(root: Path, step: str, state: dict[str, torch.Tensor], meta: dict[str, Any]) -> Path:
+def save_checkpoint(
+    root: Path, step: str, state: dict[str, torch.Tensor], meta: dict[str, Any]
+) -> Path:
     """Keep the best weights with everything needed to re-export them (nanoGPT style)."""
     buffer = io.BytesIO()
     torch.save({"step": step, "state_dict": state, **meta}, buffer)
@@ -122,7 +124,12 @@ def load_checkpoint(root: Path, step: str) -> dict[str, Any]:
 
 
 def export_and_publish(
-    root: Path, step: str, state: dict[str, torch.Tensor], metrics: Metrics, test: Split, keep: int = 3
+    root: Path,
+    step: str,
+    state: dict[str, torch.Tensor],
+    metrics: Metrics,
+    test: Split,
+    keep: int = 3,
 ) -> str:
     """Build the step's model with ``state``, export, verify, publish; return the version name."""
     model = get_step(step).build()

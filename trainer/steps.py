@@ -40,7 +40,9 @@ class Recipe:
     label_smoothing: float = 0.0  # softens targets; helps a tiny model not to be overconfident
     rotation: float = 0.0  # augmentation: random rotation in +-degrees, applied per image
     translate: float = 0.0  # augmentation: random shift up to this fraction of the image size
-    seed: int = 1  # seeds weights, shuffling and augmentation: the same seed, the same numbers on CPU
+    seed: int = (
+        1  # seeds weights, shuffling and augmentation: the same seed, the same numbers on CPU
+    )
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""The training loop: ``train_one_epoch()``, ``evaluate()`` and ``fit()`` that keeps the best epoch."""
+"""The training loop: ``train_one_epoch()``, ``evaluate()``, and ``fit()`` keeping the best."""
 
 from __future__ import annotations
 
@@ -125,7 +125,7 @@ def fit(
     steps_per_epoch = -(-len(train) // recipe.batch_size)
     scheduler = make_scheduler(optimizer, recipe, steps_per_epoch)
     history: list[EpochMetrics] = []
-    best_epoch, best_state = 0, {}
+    best_epoch, best_state = 0, dict[str, torch.Tensor]()
     for epoch in range(1, recipe.epochs + 1):
         start = time.perf_counter()
         desc = f"{name} {epoch}/{recipe.epochs}"

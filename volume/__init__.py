@@ -10,7 +10,7 @@ Layout of ``MODELS_DIR``::
       .staging/                    # versions being built; never read by the service
       checkpoints/<step>.pt        # the trainer's best checkpoint per step (for `trainer export`)
       <step>/<version>/            # one immutable published version
-        model.onnx                 #   input "image" float32 [N,1,28,28] normalised; output "probabilities" [N,10]
+        model.onnx                 #   "image" float32 [N,1,28,28] -> "probabilities" [N,10]
         summary.json               #   Summary: the layer table, totals, sizes, the seed-style text
         metrics.json               #   Metrics: every epoch, the best epoch, recipe, provenance
 
@@ -25,7 +25,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
-import json
 import os
 import shutil
 import tempfile
@@ -200,7 +199,9 @@ def _load_json(path: Path, schema: type[_Schema]) -> Any:
     try:
         return schema.model_validate_json(path.read_bytes())
     except FileNotFoundError:
-        raise VolumeError(f"{path}: missing; republish the step with `python -m trainer export`")
+        raise VolumeError(
+            f"{path}: missing; republish the step with `python -m trainer export`"
+        ) from None
     except (ValidationError, ValueError) as e:
         first = str(e).splitlines()[0]
         raise VolumeError(f"{path}: not a valid {schema.__name__} file ({first})") from None
@@ -213,7 +214,9 @@ def read_index(root: Path) -> Index:
         return Index()
     index: Index = _load_json(path, Index)
     if index.schema_version != SCHEMA_VERSION:
-        raise VolumeError(f"{path}: schema version {index.schema_version}, expected {SCHEMA_VERSION}")
+        raise VolumeError(
+            f"{path}: schema version {index.schema_version}, expected {SCHEMA_VERSION}"
+        )
     return index
 
 
@@ -250,7 +253,9 @@ def read_version(root: Path, step: str, entry: IndexEntry) -> PublishedVersion:
     try:
         model_bytes = model_path.read_bytes()
     except FileNotFoundError:
-        raise VolumeError(f"{model_path}: missing; republish the step with `python -m trainer export {step}`")
+        raise VolumeError(
+            f"{model_path}: missing; republish the step with `python -m trainer export {step}`"
+        ) from None
     if hashlib.sha256(model_bytes).hexdigest() != entry.model_sha256:
         raise VolumeError(f"{model_path}: sha256 does not match {INDEX_FILE}; the file is corrupt")
     summary: Summary = _load_json(folder / SUMMARY_FILE, Summary)

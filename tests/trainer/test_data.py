@@ -78,7 +78,9 @@ def test_a_damaged_folder_names_the_file_and_the_fix(
 
 
 def test_missing_folder(tmp_path: Path) -> None:
-    with pytest.raises(DataError, match=r"does not exist: pass --data-dir DIR \(or set MNIST_DIR\)"):
+    with pytest.raises(
+        DataError, match=r"does not exist: pass --data-dir DIR \(or set MNIST_DIR\)"
+    ):
         read_mnist_folder(tmp_path / "nope")
 
 

@@ -58,7 +58,9 @@ def test_a_mismatching_export_publishes_nothing(
     other = get_step("gap").build().eval()  # different weights: a wrong export
     monkeypatch.setattr(export, "export_onnx", lambda _model: export_real(other))
     with pytest.raises(export.ExportError, match="ONNX does not match PyTorch"):
-        export.export_and_publish(tmp_path, "gap", model.state_dict(), fake_metrics("gap"), mnist.test)
+        export.export_and_publish(
+            tmp_path, "gap", model.state_dict(), fake_metrics("gap"), mnist.test
+        )
     assert read_index(tmp_path).steps == {}
     assert read_current(tmp_path, "gap") is None
 

@@ -93,7 +93,9 @@ def test_summary_reports_receptive_fields() -> None:
         ("AvgPool2d-30", 28),
     ]
     # The first model pools with F.max_pool2d, invisible to the table but not to the RF.
-    setup = {r.name: r.receptive_field for r in summarize(get_step("setup").build(), "setup").layers}
+    setup = {
+        r.name: r.receptive_field for r in summarize(get_step("setup").build(), "setup").layers
+    }
     assert setup["Conv2d-3"] == 10 and setup["Linear-5"] == 28
 
 

@@ -83,7 +83,9 @@ def test_summary_command_prints_the_seed_table() -> None:
     ],
 )
 def test_bad_input_is_one_clear_line(args: list[str], message: str, tmp_path: Path) -> None:
-    result = trainer_cli(*args, "--out", str(tmp_path)) if args[0] != "summary" else trainer_cli(*args)
+    result = (
+        trainer_cli(*args, "--out", str(tmp_path)) if args[0] != "summary" else trainer_cli(*args)
+    )
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert message in result.stderr
