@@ -5,6 +5,7 @@ python -m trainer run --steps gap --epochs 1 --limit 5000 --data-dir ../shared/d
 python -m trainer summary setup                   # the seed-style layer table
 python -m trainer export gap                      # re-export a kept checkpoint, no training
 python -m trainer ls                              # what the model volume holds
+python -m trainer report --collect models         # reports/REPORT.md from published runs
 """
 
 from __future__ import annotations
@@ -178,6 +179,19 @@ def cmd_ls(args: argparse.Namespace) -> None:
         )
 
 
+def cmd_report(args: argparse.Namespace) -> None:
+    from trainer import report
+
+    if args.collect is not None:
+        for copied in report.collect(args.collect, args.reports / "runs"):
+            print(f"collected {copied}", file=sys.stderr)
+    try:
+        path = report.write_report(args.reports)
+    except FileNotFoundError as e:
+        raise VolumeError(str(e)) from None
+    print(f"wrote {path}", file=sys.stderr)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m trainer", description=__doc__, formatter_class=argparse.RawTextHelpFormatter
@@ -223,6 +237,13 @@ def build_parser() -> argparse.ArgumentParser:
     summary = sub.add_parser("summary", help="print a step's torchsummary-style layer table")
     summary.add_argument("step", help="a slug or a number")
     summary.set_defaults(func=cmd_summary)
+
+    rep = sub.add_parser("report", help="write reports/REPORT.md and plots from run metrics")
+    rep.add_argument("--reports", type=Path, default=Path("reports"), help="default: ./reports")
+    rep.add_argument(
+        "--collect", type=Path, metavar="MODELS_DIR", help="first copy a volume's current runs in"
+    )
+    rep.set_defaults(func=cmd_report)
 
     ls = sub.add_parser("ls", help="list what the model volume holds")
     volume_args(ls)
