@@ -1,0 +1,150 @@
+"""The models being served: one onnxruntime session per step, swapped when the trainer publishes.
+
+The registry reads the volume through `volume` (the trainer's contract) and never trusts it
+blindly: a version whose file is corrupt, or that onnxruntime cannot load, or whose graph does
+not answer [N,10] probabilities, is logged and skipped, and the step keeps serving what it had.
+
+Swapping: the registry's dict of loaded models is rebuilt and replaced in one assignment. A
+request takes one `LoadedModel` from it and uses only that, so a swap never changes the model
+under a request in flight; the old version's session is released (garbage-collected) as soon as
+the last request holding it returns.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from volume import (
+    IMAGE_SIZE,
+    INPUT_NAME,
+    NUM_CLASSES,
+    OUTPUT_NAME,
+    Metrics,
+    PublishedVersion,
+    Summary,
+    VolumeError,
+    read_index,
+    read_version,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """One published version of one step, ready to run."""
+
+    step: str
+    version: str
+    summary: Summary
+    metrics: Metrics
+    session: ort.InferenceSession
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        """Probabilities [N,10] for normalised images [N,1,28,28]; thread-safe."""
+        probabilities: np.ndarray = self.session.run([OUTPUT_NAME], {INPUT_NAME: batch})[0]
+        return probabilities
+
+
+def session_options(threads: int) -> ort.SessionOptions:
+    """Settings shared by every session: the service runs up to seven of them side by side."""
+    options = ort.SessionOptions()
+    # By default each session starts one intra-op thread per core; seven sessions would put
+    # seven threads on every core. These models are tiny, so `threads` (1 by default) per run
+    # is enough, and concurrent requests use the other cores.
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    # Idle pool threads would otherwise spin waiting for work, each burning a core.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return options
+
+
+def load_model(published: PublishedVersion, options: ort.SessionOptions) -> LoadedModel:
+    """An InferenceSession for a checked version; raise VolumeError if it does not fit the API."""
+    session = ort.InferenceSession(
+        published.model_bytes, sess_options=options, providers=["CPUExecutionProvider"]
+    )
+    inputs = [i.name for i in session.get_inputs()]
+    outputs = [o.name for o in session.get_outputs()]
+    if inputs != [INPUT_NAME] or OUTPUT_NAME not in outputs:
+        raise VolumeError(
+            f"{published.model_path}: graph has inputs {inputs} and outputs {outputs}, expected "
+            f"{INPUT_NAME!r} -> {OUTPUT_NAME!r}; re-export it with `python -m trainer export`"
+        )
+    model = LoadedModel(
+        published.step, published.version, published.summary, published.metrics, session
+    )
+    # One run now, so that a model that loads but cannot answer is never served.
+    probabilities = model.predict(np.zeros((2, 1, IMAGE_SIZE, IMAGE_SIZE), np.float32))
+    if probabilities.shape != (2, NUM_CLASSES) or not np.allclose(
+        probabilities.sum(axis=1), 1, atol=1e-3
+    ):
+        raise VolumeError(
+            f"{published.model_path}: answers shape {probabilities.shape}, not probabilities "
+            f"[N,{NUM_CLASSES}] summing to 1; re-export it with `python -m trainer export`"
+        )
+    return model
+
+
+class ModelRegistry:
+    """The current version of every published step, refreshed from the volume's index."""
+
+    def __init__(self, root: Path, threads: int = 1) -> None:
+        self.root = Path(root)
+        self._options = session_options(threads)
+        self._models: dict[str, LoadedModel] = {}
+        # Versions are immutable, so one that failed to load will fail again: log it once.
+        self._failed: set[tuple[str, str]] = set()
+        self._refreshing = threading.Lock()
+
+    @property
+    def models(self) -> Mapping[str, LoadedModel]:
+        """A snapshot: slug -> loaded model, for the steps that have one."""
+        return self._models
+
+    def get(self, step: str) -> LoadedModel | None:
+        return self._models.get(step)
+
+    def best_accuracy(self) -> dict[str, float]:
+        """Slug -> best test accuracy, as `volume.resolve_step` wants it to resolve 'best'."""
+        return {s: m.metrics.best_test_accuracy for s, m in self._models.items()}
+
+    def refresh(self) -> list[str]:
+        """Load every step whose index entry names a new version; return the steps swapped."""
+        with self._refreshing:
+            try:
+                index = read_index(self.root)
+            except (VolumeError, OSError) as e:
+                log.error("cannot read the index, keeping the models loaded: %s", e)
+                return []
+            models = dict(self._models)
+            swapped = []
+            for step, entry in index.steps.items():
+                current = models.get(step)
+                if (current and current.version == entry.version) or (
+                    (step, entry.version) in self._failed
+                ):
+                    continue
+                try:
+                    models[step] = load_model(read_version(self.root, step, entry), self._options)
+                # onnxruntime raises its own exception types for bad graphs; whatever breaks
+                # one version must not stop the other steps or the service.
+                except Exception as e:
+                    self._failed.add((step, entry.version))
+                    serving = f"still serving {current.version}" if current else "not serving it"
+                    log.error(
+                        "step %s: cannot load version %s, %s: %s", step, entry.version, serving, e
+                    )
+                    continue
+                swapped.append(step)
+                log.info("step %s: serving version %s", step, entry.version)
+            self._models = models  # one assignment: readers see the old dict or the new one
+            return swapped

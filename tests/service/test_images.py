@@ -1,0 +1,163 @@
+"""The MNIST recipe applied to real images: each step of `service.images` on its own."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from service import images
+from tests.service.photos import encode, load_mnist
+
+MANY = 10**8  # a pixel cap no test image reaches
+
+
+def stroke(height: int, width: int, top: int, left: int, size: int = 28) -> np.ndarray:
+    """A light bar on black, the given size and place in a size x size field."""
+    field = np.zeros((size, size), np.uint8)
+    field[top : top + height, left : left + width] = 255
+    return field
+
+
+def field_of(data: bytes) -> np.ndarray:
+    return images.mnist_form(images.ink(images.shrink(images.to_grey(images.decode(data, MANY)))))
+
+
+def centre_of_mass(field: np.ndarray) -> tuple[float, float]:
+    ys, xs = np.indices(field.shape)
+    return float((ys * field).sum() / field.sum()), float((xs * field).sum() / field.sum())
+
+
+def test_mnist_digits_pass_through_unchanged(mnist_dir) -> None:
+    digits = load_mnist(mnist_dir)[0][:300]
+    fields = np.stack([field_of(encode(Image.fromarray(d), "PNG")) for d in digits])
+    exact = np.abs(fields - digits).max(axis=(1, 2)) < 1
+    assert exact.mean() > 0.85  # the others moved by one pixel: MNIST's centring rounds too
+    assert np.abs(fields - digits).mean() < 3  # of 255
+
+
+def test_normalise_matches_training() -> None:
+    field = np.zeros((28, 28), np.float32)
+    field[0, 0] = 255
+    tensor = images.normalise(field)
+    assert tensor.shape == (1, 28, 28) and tensor.dtype == np.float32
+    assert tensor[0, 0, 0] == pytest.approx((1 - 0.1307) / 0.3081)
+    assert tensor[0, 1, 1] == pytest.approx(-0.1307 / 0.3081)
+
+
+@pytest.mark.parametrize(
+    ("height", "width", "canvas", "fitted"),
+    [
+        (200, 40, 400, (20, 4)),  # tall: the height becomes 20, the aspect stays
+        (30, 90, 300, (7, 20)),  # wide
+        (8, 8, 28, (20, 20)),  # small: scaled up
+    ],
+)
+def test_the_digit_is_fitted_into_20x20_keeping_its_aspect(
+    height: int, width: int, canvas: int, fitted: tuple[int, int]
+) -> None:
+    field = field_of(encode(Image.fromarray(stroke(height, width, 5, 7, canvas)), "PNG"))
+    rows = np.flatnonzero(field.max(axis=1) > 64)
+    cols = np.flatnonzero(field.max(axis=0) > 64)
+    assert (len(rows), len(cols)) == pytest.approx(fitted, abs=1)
+
+
+@pytest.mark.parametrize(("top", "left"), [(0, 0), (300, 10), (150, 320)])
+def test_an_off_centre_digit_is_centred_by_its_mass(top: int, left: int) -> None:
+    field = field_of(encode(Image.fromarray(stroke(60, 20, top, left, 400)), "PNG"))
+    assert centre_of_mass(field) == pytest.approx((14, 14), abs=0.6)
+
+
+def test_dark_ink_on_light_paper_is_inverted() -> None:
+    light_on_dark = stroke(100, 20, 40, 60, 200)
+    dark_on_light = 255 - light_on_dark
+    assert np.array_equal(
+        field_of(encode(Image.fromarray(dark_on_light), "PNG")),
+        field_of(encode(Image.fromarray(light_on_dark), "PNG")),
+    )
+
+
+def test_uneven_light_and_grey_paper_are_paper() -> None:
+    shade = np.linspace(230, 150, 300)[None, :].repeat(300, axis=0)  # light falls off
+    photo = shade.copy()
+    photo[60:240, 140:170] = 40  # a pen stroke
+    field = field_of(encode(Image.fromarray(photo.astype(np.uint8)), "PNG"))
+    assert field.max() == pytest.approx(255)
+    rows = np.flatnonzero(field.max(axis=1) > 64)
+    assert len(rows) == pytest.approx(20, abs=1)  # only the stroke, not the shaded paper
+
+
+@pytest.mark.parametrize("colour", [0, 255], ids=["black strokes", "white strokes"])
+def test_transparency_is_flattened_onto_paper(colour: int) -> None:
+    """A web canvas: strokes on fully transparent black."""
+    rgba = np.zeros((280, 280, 4), np.uint8)
+    rgba[40:240, 120:160] = (colour, colour, colour, 255)
+    drawn = field_of(encode(Image.fromarray(rgba, "RGBA"), "PNG"))
+    reference = field_of(encode(Image.fromarray(stroke(200, 40, 40, 120, 280)), "PNG"))
+    assert np.array_equal(drawn, reference)
+
+
+def test_colour_ink_counts_as_ink() -> None:
+    rgb = np.full((200, 200, 3), 250, np.uint8)
+    rgb[30:170, 90:110] = (30, 40, 160)  # blue pen
+    field = field_of(encode(Image.fromarray(rgb), "JPEG", quality=80))
+    assert centre_of_mass(field) == pytest.approx((14, 14), abs=0.6)
+    assert field.max() == pytest.approx(255)
+
+
+@pytest.mark.parametrize(("orientation", "stored_rotation"), [(3, 180), (6, 90), (8, 270)])
+def test_exif_orientation_is_honoured(orientation: int, stored_rotation: int) -> None:
+    upright = Image.fromarray(255 - stroke(120, 30, 20, 20, 200))  # an L-ish bar, top-left
+    upright.paste(0, (20, 120, 110, 140))
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    buffer = io.BytesIO()
+    upright.rotate(stored_rotation, expand=True).save(buffer, "PNG", exif=exif)
+    assert np.array_equal(field_of(buffer.getvalue()), field_of(encode(upright, "PNG")))
+
+
+@pytest.mark.parametrize("image_format", ["PNG", "JPEG", "GIF", "BMP", "WEBP", "TIFF"])
+def test_every_accepted_format_decodes(image_format: str) -> None:
+    picture = Image.fromarray(255 - stroke(120, 30, 40, 80, 200)).convert("RGB")
+    field = field_of(encode(picture, image_format))
+    assert centre_of_mass(field) == pytest.approx((14, 14), abs=0.6)
+
+
+def test_sixteen_bit_greys_are_scaled_not_clipped() -> None:
+    deep = (stroke(100, 20, 50, 90, 200).astype(np.uint16) * 257).astype(np.uint16)
+    field = field_of(encode(Image.fromarray(deep), "PNG"))
+    assert field.max() == pytest.approx(255)
+
+
+def test_large_photos_are_shrunk_before_the_work() -> None:
+    grey = np.zeros((3000, 2000), np.float32)
+    assert images.shrink(grey).shape == (1000, 666)
+    assert images.shrink(np.zeros((28, 28), np.float32)).shape == (28, 28)
+
+
+@pytest.mark.filterwarnings("error::PIL.Image.DecompressionBombWarning")  # as the app has it
+@pytest.mark.parametrize(
+    ("data", "error"),
+    [
+        (b"", images.UndecodableImage),
+        (b"not an image", images.UndecodableImage),
+        (b"%PDF-1.4\n%", images.UndecodableImage),
+        (encode(Image.new("L", (64, 64), 255), "PNG"), images.NoDigit),
+        (encode(Image.new("L", (64, 64), 0), "PNG"), images.NoDigit),
+        (encode(Image.new("L", (64, 64), 128), "JPEG"), images.NoDigit),
+        (encode(Image.new("L", (2000, 1001)), "PNG"), images.ImageTooLarge),
+    ],
+)
+def test_what_is_not_a_digit_is_refused(data: bytes, error: type[images.ImageError]) -> None:
+    with pytest.raises(error) as raised:
+        images.preprocess(data, max_pixels=2_000_000)
+    assert "send" in str(raised.value)  # every message says what to do
+
+
+def test_formats_outside_the_list_are_refused() -> None:
+    tga = io.BytesIO()
+    Image.new("L", (32, 32)).save(tga, "TGA")
+    with pytest.raises(images.UndecodableImage, match="PNG, JPEG"):
+        images.decode(tga.getvalue(), MANY)

@@ -1,0 +1,180 @@
+"""The service as users run it: a real uvicorn process on 127.0.0.1, on a real volume."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from PIL import Image
+
+from tests.conftest import ROOT
+from tests.service.conftest import publish, random_model
+from tests.service.photos import encode, load_mnist
+from tests.service.test_api import DIGIT, one_bit_bomb
+
+pytestmark = pytest.mark.slow
+LIMIT = 200_000  # MAX_UPLOAD_BYTES of the served process
+PNG = {"content-type": "image/png"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def uvicorn(models_dir: Path, log: Path) -> Iterator[httpx.Client]:
+    """`uvicorn service.app:app` on a free port; a client for it once it answers."""
+    port = free_port()
+    env = os.environ | {
+        "MODELS_DIR": str(models_dir),
+        "POLL_SECONDS": "0.2",
+        "MAX_UPLOAD_BYTES": str(LIMIT),
+        "MAX_IMAGE_PIXELS": "1000000",
+        "PYTHONPATH": str(ROOT),
+    }
+    command = [sys.executable, "-m", "uvicorn", "service.app:app", "--host", "127.0.0.1"]
+    with open(log, "wb") as output:
+        process = subprocess.Popen(
+            [*command, "--port", str(port)], cwd=ROOT, env=env, stdout=output, stderr=output
+        )
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+            deadline = time.monotonic() + 60
+            while True:
+                assert process.poll() is None, log.read_text()
+                with contextlib.suppress(httpx.TransportError):
+                    if client.get("/healthz", timeout=2).status_code == 200:
+                        break
+                assert time.monotonic() < deadline, f"uvicorn did not start:\n{log.read_text()}"
+                time.sleep(0.2)
+            yield client
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
+
+
+def wait_for(condition, what: str, seconds: float = 20) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
+def test_empty_volume_then_publish_then_hot_swap(tmp_path: Path) -> None:
+    models_dir = tmp_path / "models"
+    with uvicorn(models_dir, tmp_path / "uvicorn.log") as client:
+        assert client.get("/readyz").status_code == 503
+        answer = client.post("/predict/gap", files={"file": ("a.png", DIGIT)})
+        assert answer.status_code == 503 and "not trained yet" in answer.json()["detail"]
+
+        first = publish(models_dir, "gap")
+        wait_for(lambda: client.get("/readyz").status_code == 200, "the first version")
+        assert (
+            client.post("/predict/gap", files={"file": ("a.png", DIGIT)}).json()["version"] == first
+        )
+
+        # Requests keep flowing while new versions are swapped in under them.
+        statuses: list[int] = []
+        stop = threading.Event()
+
+        def hammer() -> None:
+            while not stop.is_set():
+                reply = client.post(
+                    "/predict/gap", content=DIGIT, headers={"content-type": "image/png"}
+                )
+                statuses.append(reply.status_code)
+
+        worker = threading.Thread(target=hammer)
+        worker.start()
+        try:
+            for seed in range(3):
+                version = publish(models_dir, "gap", random_model(seed + 1))
+                wait_for(lambda v=version: client.get("/steps").json()[5]["version"] == v, "swap")
+        finally:
+            stop.set()
+            worker.join(timeout=30)
+        assert statuses and set(statuses) == {200}
+        assert (
+            f'mnist_predictions_total{{step="gap"}} {len(statuses) + 1}.0'
+            in client.get("/metrics").text
+        )
+    assert "step gap: serving version" in (tmp_path / "uvicorn.log").read_text()
+
+
+def test_limits_hold_in_a_real_server(tmp_path: Path) -> None:
+    models_dir = tmp_path / "models"
+    publish(models_dir, "gap")
+
+    def endless() -> Iterator[bytes]:
+        """A chunked upload with no Content-Length that would never end: counted as it comes."""
+        for _ in range(10_000):
+            yield b"\0" * 65536
+
+    with uvicorn(models_dir, tmp_path / "uvicorn.log") as client:
+        streamed = client.post(
+            "/predict/gap", content=endless(), headers={"content-type": "image/png"}
+        )
+        assert streamed.status_code == 413, streamed.text
+        declared = client.post(
+            "/predict/gap",
+            content=b"\0" * (LIMIT + 1),
+            headers=PNG,
+        )
+        assert declared.status_code == 413
+        bomb = client.post("/predict/gap", files={"file": ("b.png", one_bit_bomb(1200))})
+        assert bomb.status_code == 413 and "pixels" in bomb.json()["detail"]
+        assert client.post("/predict/gap", files={"file": ("a.png", DIGIT)}).status_code == 200
+
+
+def test_a_volume_filled_by_the_real_trainer(tmp_path: Path, mnist_dir: Path) -> None:
+    """`python -m trainer run` (one epoch on a subset), then every endpoint on what it wrote."""
+    models_dir = tmp_path / "models"
+    trainer = subprocess.run(
+        [sys.executable, "-m", "trainer", "run", "--steps", "gap", "--epochs", "1",
+         "--limit", "2000", "--data-dir", str(mnist_dir), "--out", str(models_dir)],
+        cwd=ROOT,
+        env=os.environ | {"PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )  # fmt: skip
+    assert trainer.returncode == 0, trainer.stderr[-3000:]
+
+    digit = encode(Image.fromarray(load_mnist(mnist_dir)[0][0]), "PNG")
+    with uvicorn(models_dir, tmp_path / "uvicorn.log") as client:
+        ready = client.get("/readyz")
+        assert ready.status_code == 200 and ready.json()["steps"] == ["gap"]
+        steps = client.get("/steps").json()
+        assert [s["slug"] for s in steps if s["trained"]] == ["gap"]
+        assert steps[5]["params"] == 9490
+        summary = client.get("/steps/gap/summary").json()
+        assert summary["total_params"] == 9490 and summary["layers"][0]["name"] == "Conv2d-1"
+        assert "Total params: 9,490" in client.get("/steps/6/summary?format=text").text
+        metrics = client.get("/steps/gap/metrics").json()
+        assert len(metrics["epochs"]) == 1 and metrics["best_epoch"] == 1
+        for step in ("gap", "6", "best"):
+            answer = client.post(f"/predict/{step}", files={"file": ("d.png", digit, "image/png")})
+            assert answer.status_code == 200, answer.text
+            assert answer.json()["step"] == "gap"
+            assert sum(answer.json()["probabilities"]) == pytest.approx(1)
+        assert (
+            client.post("/predict/scheduler", files={"file": ("d.png", digit)}).status_code == 503
+        )
+        assert client.post("/predict/nope", files={"file": ("d.png", digit)}).status_code == 404
+        assert 'mnist_predictions_total{step="gap"} 3.0' in client.get("/metrics").text
+        assert client.get("/openapi.json").status_code == 200
