@@ -66,6 +66,15 @@ def test_publish_then_read(tmp_path: Path) -> None:
     assert list((tmp_path / ".staging").iterdir()) == []
 
 
+def test_published_files_are_readable_by_other_users(tmp_path: Path) -> None:
+    """The service may run as another user than the trainer: nothing may be owner-only."""
+    publish_fake(tmp_path)
+    version = read_index(tmp_path).steps["gap"].version
+    for path in [tmp_path / INDEX_FILE, *(tmp_path / "gap" / version).iterdir()]:
+        assert path.stat().st_mode & 0o444 == 0o444, path
+    assert (tmp_path / "gap" / version).stat().st_mode & 0o555 == 0o555
+
+
 def test_empty_volume_has_an_empty_index(tmp_path: Path) -> None:
     assert read_index(tmp_path).steps == {}
 

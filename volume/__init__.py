@@ -325,6 +325,7 @@ def atomic_write_bytes(path: Path, data: bytes, tmp_dir: Path | None = None) -> 
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
+            os.fchmod(f.fileno(), 0o644)  # mkstemp makes 0600; the service may be another user
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:

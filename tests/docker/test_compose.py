@@ -1,0 +1,239 @@
+"""docker-compose.yml: validated by a real Compose implementation, and its contract read as YAML."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.conftest import ROOT
+from tests.docker.dockerfile import (
+    COMPOSE_FILE,
+    E2E_COMPOSE_FILE,
+    SERVICE_DOCKERFILE,
+    TRAINER_DOCKERFILE,
+    parse_dockerfile,
+)
+
+TRAINERS = ("trainer", "trainer-cpu")
+
+
+def load(path: Path = COMPOSE_FILE) -> dict[str, Any]:
+    data = yaml.safe_load(path.read_text())
+    assert isinstance(data, dict)
+    return data
+
+
+def services() -> dict[str, Any]:
+    found: dict[str, Any] = load()["services"]
+    return found
+
+
+def mounts(service: dict[str, Any]) -> dict[str, tuple[str, str]]:
+    """target -> (source, mode) of a service's short-syntax volumes."""
+    found = {}
+    for entry in service.get("volumes", []):
+        source, target, *mode = entry.split(":")
+        found[target] = (source, mode[0] if mode else "rw")
+    return found
+
+
+def test_services_and_named_volumes() -> None:
+    data = load()
+    assert set(data["services"]) == {"trainer", "trainer-cpu", "service"}
+    assert set(data["volumes"]) == {"models", "mnist-cache"}
+    assert "version" not in data, "the Compose Specification has no version"
+
+
+@pytest.mark.parametrize("name", TRAINERS)
+def test_trainers_write_the_model_volume_and_the_mnist_cache(name: str) -> None:
+    trainer = services()[name]
+    assert mounts(trainer) == {"/models": ("models", "rw"), "/cache/mnist": ("mnist-cache", "rw")}
+    env = parse_dockerfile(TRAINER_DOCKERFILE).final.env
+    assert trainer["environment"]["MODELS_DIR"] == env["MODELS_DIR"] == "/models"
+    assert trainer["environment"]["MNIST_CACHE"] == env["MNIST_CACHE"] == "/cache/mnist"
+    assert trainer["build"] == {"context": ".", "dockerfile": "docker/trainer.Dockerfile"}
+    assert "command" not in trainer, "the image's default command trains every step"
+    assert trainer["restart"] == "no"
+
+
+def test_trainer_reserves_every_gpu() -> None:
+    devices = services()["trainer"]["deploy"]["resources"]["reservations"]["devices"]
+    assert devices == [{"driver": "nvidia", "count": "all", "capabilities": ["gpu"]}]
+
+
+def test_cpu_trainer_is_the_same_without_the_gpu_in_a_profile() -> None:
+    trainer, cpu = services()["trainer"], services()["trainer-cpu"]
+    assert "deploy" not in cpu
+    assert cpu["profiles"] == ["cpu"]
+    assert "profiles" not in trainer
+    same = {k: v for k, v in trainer.items() if k != "deploy"}
+    assert {k: v for k, v in cpu.items() if k != "profiles"} == same
+
+
+def test_service_reads_the_model_volume_read_only() -> None:
+    service = services()["service"]
+    assert mounts(service) == {"/models": ("models", "ro")}
+    assert service["environment"]["MODELS_DIR"] == "/models"
+    assert service["build"] == {"context": ".", "dockerfile": "docker/service.Dockerfile"}
+    assert service.get("read_only") is True
+
+
+def test_service_starts_without_the_trainer() -> None:
+    """No depends_on: it is live on an empty volume and picks models up as they are published."""
+    assert "depends_on" not in services()["service"]
+
+
+def test_service_port_is_published_on_loopback_by_default() -> None:
+    (port,) = services()["service"]["ports"]
+    found = re.fullmatch(r"(\$\{[^}]+\}):(\$\{[^}]+\}):(\d+)", port)
+    assert found, port
+    host_ip, host_port, container_port = found.groups()
+    assert host_ip == "${SERVICE_BIND:-127.0.0.1}"
+    assert host_port == "${SERVICE_PORT:-8000}"
+    cmd = parse_dockerfile(SERVICE_DOCKERFILE).final.exec_form("CMD")
+    assert container_port == cmd[cmd.index("--port") + 1] == "8000"
+
+
+def test_service_restart_policy_and_healthcheck() -> None:
+    service = services()["service"]
+    assert service["restart"] == "unless-stopped"
+    check = service["healthcheck"]
+    assert check["test"][0] == "CMD"
+    assert "http://127.0.0.1:8000/healthz" in " ".join(check["test"])  # liveness, not /readyz
+    for key in ("interval", "timeout", "retries", "start_period"):
+        assert key in check
+    # Compose's graceful stop outlasts uvicorn's own.
+    cmd = parse_dockerfile(SERVICE_DOCKERFILE).final.exec_form("CMD")
+    graceful = int(cmd[cmd.index("--timeout-graceful-shutdown") + 1])
+    assert int(service["stop_grace_period"].rstrip("s")) > graceful
+
+
+def test_e2e_override_changes_only_the_cpu_trainer() -> None:
+    override = load(E2E_COMPOSE_FILE)
+    assert set(override["services"]) == {"trainer-cpu"}
+    assert override["services"]["trainer-cpu"]["network_mode"] == "none"
+
+
+# --- a real Compose implementation ----------------------------------------------------------
+
+
+def compose_command() -> list[str]:
+    """Debian's docker-compose (1.29), else the Compose v2 plugin; skip if neither is here."""
+    if shutil.which("docker-compose"):
+        return ["docker-compose"]
+    if shutil.which("docker"):
+        probe = subprocess.run(["docker", "compose", "version"], capture_output=True, timeout=30)
+        if probe.returncode == 0:
+            return ["docker", "compose"]
+    message = "no Compose implementation here (apt-get install docker-compose)"
+    if os.environ.get("REQUIRE_DOCKER_TOOLS"):
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+def compose_config(*args: str, files: tuple[Path, ...] = (COMPOSE_FILE,)) -> dict[str, Any]:
+    command = compose_command()
+    for f in files:
+        command += ["-f", str(f)]
+    # No engine is needed to validate: point Compose at a socket where none listens.
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("SERVICE_", "TRAINER_", "COMPOSE_", "E2E_"))
+    }
+    env |= {"DOCKER_HOST": "unix:///nonexistent/docker.sock", "E2E_MNIST_DIR": "/tmp"}
+    result = subprocess.run(
+        [*command, *args, "config"], cwd=ROOT, capture_output=True, text=True, timeout=60, env=env
+    )
+    assert result.returncode == 0, result.stderr
+    config = yaml.safe_load(result.stdout)
+    assert isinstance(config, dict)
+    return config
+
+
+def test_compose_validates_the_file() -> None:
+    config = compose_config()
+    assert set(config["services"]) >= {"trainer", "service"}
+    service = config["services"]["service"]
+    # Normalised by Compose: the loopback binding, the read-only mount, the GPU reservation.
+    ports = service["ports"]
+    port = ports[0]
+    if isinstance(port, dict):  # Compose v2's long syntax
+        assert (port["host_ip"], str(port["published"]), port["target"]) == (
+            "127.0.0.1",
+            "8000",
+            8000,
+        )
+    else:  # 1.29
+        assert port.startswith("127.0.0.1:8000:8000")
+    (volume,) = service["volumes"]
+    if isinstance(volume, dict):
+        assert (volume["source"], volume["target"], volume.get("read_only")) == (
+            "models",
+            "/models",
+            True,
+        )
+    else:
+        assert volume == "models:/models:ro"
+    devices = config["services"]["trainer"]["deploy"]["resources"]["reservations"]["devices"]
+    assert devices[0]["capabilities"] == ["gpu"]
+
+
+def test_compose_validates_the_cpu_profile_and_the_e2e_override() -> None:
+    config = compose_config("--profile", "cpu", files=(COMPOSE_FILE, E2E_COMPOSE_FILE))
+    cpu = config["services"]["trainer-cpu"]
+    assert "deploy" not in cpu
+    assert cpu["network_mode"] == "none"
+    assert cpu["image"] == config["services"]["trainer"]["image"]
+
+
+def test_compose_builds_from_the_repo_root() -> None:
+    config = compose_config()
+    for name, dockerfile in (("trainer", TRAINER_DOCKERFILE), ("service", SERVICE_DOCKERFILE)):
+        build = config["services"][name]["build"]
+        assert Path(build["context"]).resolve() == ROOT.resolve()
+        assert (Path(build["context"]) / build["dockerfile"]).resolve() == dockerfile.resolve()
+
+
+# --- the README's Docker commands -----------------------------------------------------------
+
+README_SOURCES = [ROOT / "README.md", ROOT / "docker" / "README-docker.md"]
+
+
+def readme_compose_commands() -> list[str]:
+    commands = []
+    for source in README_SOURCES:
+        if not source.exists():
+            continue
+        text = source.read_text().replace("\\\n", " ")
+        for block in re.findall(r"```bash\n(.*?)```", text, flags=re.S):
+            for line in block.splitlines():
+                line = line.split("#")[0].strip()
+                if line.startswith(("docker compose ", "docker-compose ")):
+                    commands.append(line)
+    return commands
+
+
+def test_readme_compose_commands_name_real_services_and_profiles() -> None:
+    commands = readme_compose_commands()
+    assert any(c.startswith("docker compose up trainer") for c in commands)
+    assert "docker compose up -d service" in commands
+    known = services()
+    for command in commands:
+        words = command.split()
+        verb = next((w for w in words if w in {"up", "run", "build", "ps", "down"}), None)
+        assert verb, command
+        after = words[words.index(verb) + 1 :]
+        named = [w for w in after if w in known]
+        if verb in {"up", "run"}:
+            assert named, f"{command!r} names no service of docker-compose.yml"
+        for name in named:
+            for profile in known[name].get("profiles", []):
+                assert f"--profile {profile}" in command, f"{command!r} lacks --profile {profile}"
