@@ -236,6 +236,14 @@ def render(runs: dict[str, list[Run]]) -> str:
         "in its metrics."
     )
     out += ["", "## All steps", "", *comparison_table(runs), ""]
+    missing = [info.slug for info in STEPS if info.slug not in runs]
+    if missing:
+        out += [
+            f"Not in this report yet (no full run committed): {', '.join(missing)}. Train with "
+            "`python -m trainer run --steps STEP`, then `python -m trainer report --collect "
+            "MODELS_DIR`.",
+            "",
+        ]
     out += ["![accuracy against parameters](plots/accuracy_vs_params.png)", ""]
     previous: Run | None = None
     for step, step_runs in runs.items():
