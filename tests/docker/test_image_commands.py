@@ -10,10 +10,8 @@ import contextlib
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,6 +20,7 @@ import pytest
 
 from tests.conftest import ROOT
 from tests.docker.dockerfile import SERVICE_DOCKERFILE, TRAINER_DOCKERFILE, parse_dockerfile
+from tests.servers import serve
 from volume import STEP_SLUGS, read_index, read_version
 
 pytestmark = pytest.mark.slow
@@ -73,12 +72,6 @@ def test_trainer_command_fills_the_volume_with_every_step(trained: tuple[Path, s
     assert "device: cuda" in log or "device: cpu (no CUDA GPU found" in log, log[:2000]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def service_argv(port: int) -> list[str]:
     """The service image's ENTRYPOINT + CMD, listening on 127.0.0.1:port instead of 0.0.0.0:8000.
 
@@ -98,27 +91,9 @@ def service_argv(port: int) -> list[str]:
 
 @contextlib.contextmanager
 def service(volume: Path, log: Path) -> Iterator[tuple[httpx.Client, subprocess.Popen[bytes]]]:
-    port = free_port()
     env = image_env(SERVICE_DOCKERFILE, MODELS_DIR=str(volume), POLL_SECONDS="0.2")
-    with open(log, "wb") as output:
-        process = subprocess.Popen(
-            service_argv(port), cwd=log.parent, env=env, stdout=output, stderr=output
-        )
-    try:
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
-            deadline = time.monotonic() + 60
-            while True:
-                assert process.poll() is None, log.read_text()
-                with contextlib.suppress(httpx.TransportError):
-                    if client.get("/healthz", timeout=2).status_code == 200:
-                        break
-                assert time.monotonic() < deadline, f"no answer in 60 s:\n{log.read_text()}"
-                time.sleep(0.2)
-            yield client, process
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait(timeout=10)
+    with serve(service_argv, env, log.parent, log) as running:
+        yield running
 
 
 def digit_png(mnist_dir: Path) -> bytes:

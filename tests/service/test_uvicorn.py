@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -17,6 +16,7 @@ import pytest
 from PIL import Image
 
 from tests.conftest import ROOT
+from tests.servers import serve
 from tests.service.conftest import publish, random_model
 from tests.service.photos import encode, load_mnist
 from tests.service.test_api import DIGIT, one_bit_bomb
@@ -26,16 +26,9 @@ LIMIT = 200_000  # MAX_UPLOAD_BYTES of the served process
 PNG = {"content-type": "image/png"}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @contextlib.contextmanager
 def uvicorn(models_dir: Path, log: Path) -> Iterator[httpx.Client]:
     """`uvicorn service.app:app` on a free port; a client for it once it answers."""
-    port = free_port()
     env = os.environ | {
         "MODELS_DIR": str(models_dir),
         "POLL_SECONDS": "0.2",
@@ -44,28 +37,8 @@ def uvicorn(models_dir: Path, log: Path) -> Iterator[httpx.Client]:
         "PYTHONPATH": str(ROOT),
     }
     command = [sys.executable, "-m", "uvicorn", "service.app:app", "--host", "127.0.0.1"]
-    with open(log, "wb") as output:
-        process = subprocess.Popen(
-            [*command, "--port", str(port)], cwd=ROOT, env=env, stdout=output, stderr=output
-        )
-    try:
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
-            deadline = time.monotonic() + 60
-            while True:
-                assert process.poll() is None, log.read_text()
-                with contextlib.suppress(httpx.TransportError):
-                    if client.get("/healthz", timeout=2).status_code == 200:
-                        break
-                assert time.monotonic() < deadline, f"uvicorn did not start:\n{log.read_text()}"
-                time.sleep(0.2)
-            yield client
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
+    with serve(lambda port: [*command, "--port", str(port)], env, ROOT, log) as (client, _):
+        yield client
 
 
 def wait_for(condition, what: str, seconds: float = 20) -> None:

@@ -92,6 +92,7 @@ def test_the_committed_report_regenerates_byte_for_byte(tmp_path: Path) -> None:
 @pytest.mark.skipif(not (COMMITTED / "REPORT.md").exists(), reason="no committed report yet")
 def test_every_number_in_the_readme_table_is_the_metrics() -> None:
     readme = (ROOT / "README.md").read_text()
+    section = readme.split("<!-- results:start -->")[1].split("<!-- results:end -->")[0]
     table = report.comparison_table(report.load_runs(COMMITTED / "runs"))
-    rows = [line for line in readme.splitlines() if re.match(r"^\| \d+ \| `", line)]
-    assert rows == table[2:]
+    rows = [line for line in section.splitlines() if re.match(r"^\| \d+ \| `", line)]
+    assert rows == table[2:] and len(rows) >= 1
