@@ -13,7 +13,8 @@ SEED_ASSIGNMENT = Path(__file__).resolve().parent / "seed_assignment.md"
 
 def find_mnist_dir() -> Path | None:
     for candidate in (os.environ.get("MNIST_DIR"), ROOT.parent / "shared/datasets/mnist"):
-        if candidate and (Path(candidate) / "train-labels-idx1-ubyte.gz").exists():
+        labels = Path(candidate or "/nonexistent") / "train-labels-idx1-ubyte"
+        if candidate and (labels.exists() or labels.with_suffix(".gz").exists()):
             return Path(candidate)
     return None
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import time
 from dataclasses import dataclass
 
@@ -154,4 +153,4 @@ def fit(
                 f"{name} epoch {epoch:2d}: train loss {train_loss:.4f} acc {train_acc:.2f}% | "
                 f"test loss {test_loss:.4f} acc {test_acc:.2f}% | lr {lr:.5f} | {seconds:.1f}s"
             )
-    return FitResult(history, best_epoch, copy.deepcopy(best_state))
+    return FitResult(history, best_epoch, best_state)
