@@ -85,9 +85,20 @@ def git_commit() -> str | None:
             timeout=5,
             cwd=Path(__file__).parent,
         )
+        if out.returncode != 0:
+            return None
+        # A run from uncommitted code says so: its commit alone would not reproduce it.
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            cwd=Path(__file__).parent,
+        )
     except (OSError, subprocess.SubprocessError):
         return None
-    return out.stdout.strip() or None
+    commit = out.stdout.strip()
+    return f"{commit}-dirty" if commit and dirty.stdout.strip() else commit or None
 
 
 def load_data(args: argparse.Namespace) -> MNIST:

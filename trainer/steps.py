@@ -268,13 +268,14 @@ class GapNet(nn.Module):
 @register_step(
     "scheduler",
     Recipe(
+        batch_size=64,  # twice the updates per epoch: what the best public small models use
         optimizer="sgd",
-        lr=0.05,
+        lr=0.065,  # OneCycle's peak; 0.05 at batch 128 stopped at 99.34-99.39 % best
         nesterov=True,
         schedule="onecycle",
-        pct_start=0.2,
+        pct_start=0.1,  # at the peak by the middle of epoch 2, then 13 epochs of annealing
         rotation=5.0,
-        translate=0.05,
+        translate=0.03,  # under a pixel: 0.05 was more than 7,862 parameters could fit
     ),
     """The final model: under 8,000 parameters and >= 99.4 % test accuracy in each of its last
     3 of 15 epochs. From the GAP model it keeps BatchNorm after every convolution and the GAP
