@@ -38,6 +38,34 @@ def test_mnist_digits_pass_through_unchanged(mnist_dir) -> None:
     assert np.abs(fields - digits).mean() < 3  # of 255
 
 
+def test_mnist_digits_take_the_short_way_to_the_same_tensor(mnist_dir) -> None:
+    """`preprocess` skips the photo recipe for images already in MNIST's form."""
+    digits = load_mnist(mnist_dir)[0][:300]
+    uploads = [encode(Image.fromarray(d), "PNG") for d in digits]
+    short = [images.in_mnist_form(images.to_grey(images.decode(u, MANY))) for u in uploads]
+    assert np.mean(short) > 0.95
+    full = np.stack([images.normalise(field_of(u)) for u in uploads])
+    tensors = np.stack([images.preprocess(u, MANY) for u in uploads])
+    same = np.abs(tensors - full).max(axis=(1, 2, 3)) < 1e-5
+    assert same.mean() > 0.98
+
+
+@pytest.mark.parametrize(
+    "field",
+    [
+        stroke(8, 8, 10, 10),  # too small: it is fitted into 20x20
+        stroke(20, 6, 0, 10),  # touching the border
+        stroke(20, 6, 2, 3),  # off centre
+        255 - stroke(20, 6, 4, 11),  # dark on light
+    ],
+    ids=["small", "on the border", "off centre", "dark on light"],
+)
+def test_other_28x28_images_take_the_whole_recipe(field: np.ndarray) -> None:
+    assert not images.in_mnist_form(field.astype(np.float32))
+    data = encode(Image.fromarray(field), "PNG")
+    assert np.array_equal(images.preprocess(data, MANY), images.normalise(field_of(data)))
+
+
 def test_normalise_matches_training() -> None:
     field = np.zeros((28, 28), np.float32)
     field[0, 0] = 255
