@@ -17,15 +17,16 @@ import shlex
 import subprocess
 import sys
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict, fields, replace
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from trainer.data import MNIST, DataError, load_mnist
 from trainer.export import ExportError, export_and_publish, load_checkpoint, save_checkpoint
-from trainer.steps import count_params, get_step
+from trainer.steps import Recipe, count_params, get_step
 from trainer.summary import summarize
 from trainer.train import fit
 from volume import (
@@ -47,6 +48,31 @@ def parse_steps(text: str) -> list[str]:
         return list(STEP_SLUGS)
     chosen = {resolve_step(part) for part in text.split(",") if part.strip()}
     return [s for s in STEP_SLUGS if s in chosen]
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """``--set lr=0.1 --set nesterov=false`` as Recipe fields of the right type (nanoGPT's
+    configurator, for one run): try a recipe change without editing the catalogue."""
+    types = {f.name: type(getattr(Recipe(), f.name)) for f in fields(Recipe)}
+    overrides: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or key not in types:
+            raise SystemExit(
+                f"error: --set {pair!r}: expected KEY=VALUE with KEY one of {', '.join(types)}"
+            )
+        kind = types[key]
+        try:
+            if kind is bool:
+                if text.lower() not in ("true", "false", "1", "0"):
+                    raise ValueError(text)
+                overrides[key] = text.lower() in ("true", "1")
+            else:
+                overrides[key] = kind(text)
+        except ValueError:
+            raise SystemExit(f"error: --set {pair!r}: {key} takes a {kind.__name__}") from None
+    return overrides
 
 
 def pick_device(name: str) -> torch.device:
@@ -108,6 +134,7 @@ def load_data(args: argparse.Namespace) -> MNIST:
 
 def cmd_run(args: argparse.Namespace) -> None:
     steps = parse_steps(args.steps)
+    overrides = parse_overrides(args.set)
     device = pick_device(args.device)
     mnist = load_data(args)
     train, test = mnist.train.head(args.limit).to(device), mnist.test.head(args.limit).to(device)
@@ -116,7 +143,7 @@ def cmd_run(args: argparse.Namespace) -> None:
     versions, commit = software_versions(), git_commit()
     for slug in steps:
         step = get_step(slug)
-        recipe = step.recipe
+        recipe = replace(step.recipe, **overrides)
         if args.epochs is not None:
             recipe = replace(recipe, epochs=args.epochs)
         if args.seed is not None:
@@ -233,6 +260,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--epochs", type=int, help="override every recipe's epochs")
     run.add_argument("--limit", type=int, help="train and test on the first N images only")
     run.add_argument("--seed", type=int, help="override every recipe's seed")
+    run.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a recipe field, e.g. --set lr=0.1 --set batch_size=32 (repeatable)",
+    )
     run.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     run.add_argument("--quiet", action="store_true", help="no progress bar, no epoch lines")
     volume_args(run)
