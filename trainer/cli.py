@@ -50,6 +50,10 @@ def parse_steps(text: str) -> list[str]:
     return [s for s in STEP_SLUGS if s in chosen]
 
 
+class RecipeError(ValueError):
+    pass
+
+
 def parse_overrides(pairs: list[str]) -> dict[str, Any]:
     """``--set lr=0.1 --set nesterov=false`` as Recipe fields of the right type (nanoGPT's
     configurator, for one run): try a recipe change without editing the catalogue."""
@@ -59,9 +63,7 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
         key, sep, text = pair.partition("=")
         key = key.strip().replace("-", "_")
         if not sep or key not in types:
-            raise SystemExit(
-                f"error: --set {pair!r}: expected KEY=VALUE with KEY one of {', '.join(types)}"
-            )
+            raise RecipeError(f"--set {pair!r}: expected KEY=VALUE, KEY one of {', '.join(types)}")
         kind = types[key]
         try:
             if kind is bool:
@@ -71,7 +73,7 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
             else:
                 overrides[key] = kind(text)
         except ValueError:
-            raise SystemExit(f"error: --set {pair!r}: {key} takes a {kind.__name__}") from None
+            raise RecipeError(f"--set {pair!r}: {key} takes a {kind.__name__}") from None
     return overrides
 
 
@@ -300,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (DataError, ExportError, VolumeError, UnknownStepError) as e:
+    except (DataError, ExportError, VolumeError, UnknownStepError, RecipeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from tests.conftest import ROOT
+from trainer.cli import parse_overrides
 from trainer.data import read_mnist_folder
 from trainer.steps import get_step
 from trainer.train import fit
@@ -66,6 +67,23 @@ def test_one_epoch_on_a_subset_learns_and_publishes(mnist_dir: Path, tmp_path: P
     assert "batchnorm" in listing.stdout and entry.version in listing.stdout
 
 
+@pytest.mark.parametrize(
+    ("pairs", "expected"),
+    [
+        (["lr=0.1"], {"lr": 0.1}),
+        (["batch_size=32", "translate=0"], {"batch_size": 32, "translate": 0.0}),
+        (["nesterov=false", "optimizer=adam"], {"nesterov": False, "optimizer": "adam"}),
+        (["label-smoothing=0.05"], {"label_smoothing": 0.05}),
+    ],
+)
+def test_set_overrides_recipe_fields_with_their_types(
+    pairs: list[str], expected: dict[str, object]
+) -> None:
+    overrides = parse_overrides(pairs)
+    assert overrides == expected
+    assert all(type(overrides[k]) is type(v) for k, v in expected.items())
+
+
 def test_summary_command_prints_the_seed_table() -> None:
     result = trainer_cli("summary", "setup")
     assert result.returncode == 0
@@ -80,6 +98,9 @@ def test_summary_command_prints_the_seed_table() -> None:
         (["run", "--steps", "nine", "--data-dir", "."], "unknown step 'nine'"),
         (["summary", "../x"], "unknown step '../x'"),
         (["export", "gap", "--data-dir", "/nonexistent"], "does not exist"),
+        (["run", "--steps", "gap", "--set", "lr=fast", "--data-dir", "."], "lr takes a float"),
+        (["run", "--steps", "gap", "--set", "speed=2", "--data-dir", "."], "KEY one of epochs,"),
+        (["run", "--steps", "gap", "--set", "nesterov=yes", "--data-dir", "."], "takes a bool"),
     ],
 )
 def test_bad_input_is_one_clear_line(args: list[str], message: str, tmp_path: Path) -> None:
