@@ -268,7 +268,10 @@ class GapNet(nn.Module):
 @register_step(
     "scheduler",
     Recipe(
-        batch_size=64,  # twice the updates per epoch: what the best public small models use
+        # Four times the course's updates per epoch. The model underfits (train accuracy under
+        # augmentation stays below test): at 64 the last 3 epochs of 3 seeds held 99.39-99.49 %,
+        # at 32 99.42-99.52 %.
+        batch_size=32,
         optimizer="sgd",
         lr=0.065,  # OneCycle's peak; 0.05 at batch 128 stopped at 99.34-99.39 % best
         nesterov=True,
