@@ -8,6 +8,7 @@ tests/service/photos.py). Each goes through the service's own preprocessing
 Run, after the trainer has filled a volume:
 
     MODELS_DIR=models MNIST_DIR=../shared/datasets/mnist .venv/bin/python bench/photo_accuracy.py
+    (MNIST_DIR defaults to ../shared/datasets/mnist)
     .venv/bin/python bench/photo_accuracy.py --count 1000 --step scheduler
 
 It prints the step, its accuracy on the photo-like set, on the same digits as MNIST tensors,
@@ -42,7 +43,9 @@ def accuracy(model: LoadedModel, tensors: np.ndarray, labels: np.ndarray) -> flo
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models-dir", default=os.environ.get("MODELS_DIR", "models"))
-    parser.add_argument("--mnist-dir", default=os.environ.get("MNIST_DIR", "data/mnist"))
+    parser.add_argument(
+        "--mnist-dir", default=os.environ.get("MNIST_DIR", "../shared/datasets/mnist")
+    )
     parser.add_argument("--step", help="slug; default: the last trained step (the final one)")
     parser.add_argument("--count", type=int, default=1000, help="photo-like images")
     parser.add_argument("--seed", type=int, default=0)
@@ -54,7 +57,10 @@ def main() -> None:
     if not trained:
         sys.exit(f"no step is published in {args.models_dir}: run `python -m trainer run` first")
     model = registry.models[args.step or trained[-1]]
-    images, labels = load_mnist(Path(args.mnist_dir), "t10k")
+    try:
+        images, labels = load_mnist(Path(args.mnist_dir), "t10k")
+    except OSError as e:
+        sys.exit(f"cannot read MNIST's test set from {args.mnist_dir} ({e}): pass --mnist-dir")
 
     photos = photo_like_set(images, labels, args.count, seed=args.seed)
     tensors, unread = [], 0
