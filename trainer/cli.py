@@ -105,28 +105,23 @@ def software_versions() -> dict[str, str]:
 
 
 def git_commit() -> str | None:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-            cwd=Path(__file__).parent,
+    """The checkout's commit, with ``-dirty`` when tracked files differ from it."""
+
+    def git(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["git", *args], capture_output=True, text=True, timeout=5, cwd=Path(__file__).parent
         )
-        if out.returncode != 0:
+
+    try:
+        head = git("rev-parse", "HEAD")
+        if head.returncode != 0:
             return None
         # A run from uncommitted code says so: its commit alone would not reproduce it.
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-            cwd=Path(__file__).parent,
-        )
+        dirty = git("status", "--porcelain", "--untracked-files=no").stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None
-    commit = out.stdout.strip()
-    return f"{commit}-dirty" if commit and dirty.stdout.strip() else commit or None
+    commit = head.stdout.strip()
+    return f"{commit}-dirty" if commit and dirty else commit or None
 
 
 def load_data(args: argparse.Namespace) -> MNIST:
