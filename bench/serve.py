@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import gzip
 import io
 import json
 import os
@@ -54,6 +53,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run from anywhere
 
+from tests.service.photos import load_mnist  # noqa: E402
 from volume import STEP_SLUGS  # noqa: E402
 
 APPS = {"bare": "bench.bare_app:app", "ours": "service.app:app"}
@@ -70,13 +70,6 @@ class Upload:
 
 
 # --- The inputs --------------------------------------------------------------------------
-
-
-def mnist_digits(mnist_dir: Path) -> np.ndarray:
-    """MNIST's test images [N,28,28] uint8 (`.gz` or raw IDX)."""
-    path = mnist_dir / "t10k-images-idx3-ubyte.gz"
-    raw = gzip.decompress(path.read_bytes()) if path.exists() else path.with_suffix("").read_bytes()
-    return np.frombuffer(raw, np.uint8, offset=16).reshape(-1, 28, 28)
 
 
 def encode(image: Image.Image, image_format: str, **options: int) -> bytes:
@@ -429,7 +422,7 @@ def main() -> None:
     from service.settings import Settings
 
     threads = args.threads or Settings(_env_file=None).inference_threads
-    digits = mnist_digits(args.mnist_dir)
+    digits = load_mnist(args.mnist_dir, "t10k")[0]
     uploads = make_uploads(digits)
     with tempfile.TemporaryDirectory(prefix="bench-serve-") as temporary:
         work = Path(temporary)
