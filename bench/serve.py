@@ -1,6 +1,6 @@
 """Serving benchmark: the real service against a bare FastAPI app, both under real uvicorn.
 
-    python bench/serve.py [--models-dir DIR] [--duration 5] [--repeats 3] [--concurrency 1,8,32]
+    python bench/serve.py [--models-dir DIR] [--duration 5] [--repeats 5] [--concurrency 1,8,32]
                           [--workers N] [--threads N]
 
 - ours: `uvicorn service.app:app` with its production settings (the service's defaults; only
@@ -411,7 +411,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=parse_levels, default=[1, 8, 32])
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per level")
     parser.add_argument("--warmup", type=float, default=1.0, help="seconds before each level")
-    parser.add_argument("--repeats", type=int, default=3, help="runs of each level; medians")
+    parser.add_argument("--repeats", type=int, default=5, help="runs of each level; medians")
     default_workers = int(os.environ.get("WEB_CONCURRENCY", "1"))  # what uvicorn would use
     parser.add_argument("--workers", type=int, default=default_workers, help="uvicorn workers")
     parser.add_argument(

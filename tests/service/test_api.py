@@ -125,6 +125,7 @@ def test_steps_lists_every_step_in_order(client: TestClient) -> None:
 def test_predict_multipart(client: TestClient) -> None:
     answer = client.post("/predict/gap", files={"file": ("one.png", DIGIT, "image/png")})
     assert answer.status_code == 200, answer.text
+    assert answer.headers["content-type"] == "application/json"
     body = answer.json()
     assert set(body) == {"digit", "confidence", "probabilities", "step", "version"}
     assert len(body["probabilities"]) == 10
@@ -412,3 +413,5 @@ def test_openapi_documents_both_ways_to_send_an_image(client: TestClient) -> Non
     body = client.get("/openapi.json").json()["paths"]["/predict/{step}"]["post"]
     assert {"multipart/form-data", "image/png"} <= set(body["requestBody"]["content"])
     assert {"200", "404", "413", "415", "422", "503"} <= set(body["responses"])
+    answer = body["responses"]["200"]["content"]["application/json"]["schema"]["anyOf"]
+    assert {"$ref": "#/components/schemas/Prediction"} in answer  # one file: one prediction
