@@ -1,7 +1,7 @@
 """Serving benchmark: the real service against a bare FastAPI app, both under real uvicorn.
 
-    python bench/serve.py [--models-dir DIR] [--duration 5] [--repeats 5] [--concurrency 1,8,32]
-                          [--workers N] [--threads N]
+    python bench/serve.py [--models-dir DIR] [--duration 6] [--slice 1] [--repeats 3]
+                          [--concurrency 1,8,32] [--workers N] [--threads N]
 
 - ours: `uvicorn service.app:app` with its production settings (the service's defaults; only
   MODELS_DIR is set) on a volume holding a trained final step. Without --models-dir the
@@ -13,8 +13,9 @@
 A load generator in a separate process (asyncio, one keep-alive connection per simulated client,
 each sending its next request as soon as the last is answered) posts real uploads as multipart
 field `file`: a 28x28 MNIST test digit as PNG, and a 400x400 photo-like JPEG of one (ink on uneven
-paper, noise). Each concurrency level runs for --duration seconds after a warm-up; the two apps
-take turns, level by level, and every number is the median of --repeats runs. Before that it
+paper, noise). Each concurrency level loads each app for --duration seconds after a warm-up, in
+turns of --slice seconds (this VM's speed drifts within seconds; taking turns this often, both
+apps see the same machine), and every number is the median of --repeats runs. Before that it
 times onnxruntime in this process (one image; a batch of 256) and the service's preprocessing,
 so that the cost of HTTP is visible.
 
@@ -42,7 +43,7 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -217,11 +218,20 @@ def uvicorn(app: str, env: dict[str, str], workers: int, log: Path) -> Iterator[
 
 # --- The load generator (a separate process) ---------------------------------------------
 #
-# Each simulated client holds one keep-alive HTTP/1.1 connection and sends the same pre-encoded
-# request bytes on it, reading each answer (status, headers, body) before sending the next. The
-# body is encoded once by httpx. httpx itself does not send the load: on this 2-core machine its
-# AsyncClient spent 3-7 ms of CPU per request (more than either server), so it measured mostly
-# itself; these plain asyncio streams spend about 0.1 ms.
+# Each simulated client holds one keep-alive HTTP/1.1 connection per app and sends the same
+# pre-encoded request bytes on it, reading each answer (status, headers, body) before sending the
+# next. The body is encoded once by httpx. httpx itself does not send the load: on this 2-core
+# machine its AsyncClient spent 3-7 ms of CPU per request (more than either server), so it
+# measured mostly itself; these plain asyncio streams spend about 0.1 ms.
+#
+# This VM's speed changes by up to 2x from one few-second stretch to the next (the host's other
+# tenants), so apps measured one after the other for seconds each would see different machines.
+# Both apps are loaded from the same process in alternating slices of --slice seconds, the order
+# flipping every round, so both see the same mix of fast and slow seconds. In each slice every
+# client starts at once; the first quarter is ramp-up, and only answers completed in the rest
+# of the slice are counted.
+
+RAMP_UP = 0.25  # of each slice
 
 
 def multipart(url: str, upload: Upload) -> bytes:
@@ -260,74 +270,120 @@ async def read_response(reader: asyncio.StreamReader) -> tuple[int, bytes, bool]
     return status, body, headers.get("connection") != "close"
 
 
-async def generate_load(
-    url: str, request: bytes, concurrency: int, warmup: float, duration: float
-) -> dict[str, Any]:
-    """`concurrency` clients posting back to back: warm up, then measure for `duration` s."""
-    address = httpx.URL(url)
-    host, port = address.host, address.port or 80
-    errors: Counter[str] = Counter()
-    latencies: list[float] = []
+@dataclass
+class Tally:
+    """What one app's counted slices saw."""
 
-    async def client(until: float, record: bool) -> None:
-        reader, writer = None, None
-        while time.perf_counter() < until:
-            started = time.perf_counter()
+    latencies: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+    errors: Counter[str] = field(default_factory=Counter)  # in every slice, warm-up included
+
+    def result(self) -> dict[str, Any]:
+        milliseconds = np.array(self.latencies or [float("nan")]) * 1e3
+        return {
+            "requests": len(self.latencies),
+            "rps": len(self.latencies) / self.seconds,
+            "p50": float(np.percentile(milliseconds, 50)),
+            "p99": float(np.percentile(milliseconds, 99)),
+            "errors": sum(self.errors.values()),
+            "error_kinds": dict(self.errors.most_common(3)),
+        }
+
+
+class Connection:
+    """One simulated client's keep-alive connection to one app."""
+
+    def __init__(self, url: str, request: bytes) -> None:
+        address = httpx.URL(url)
+        self.host, self.port = address.host, address.port or 80
+        self.request = request
+        self.streams: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
+
+    async def post(self) -> tuple[int, bytes]:
+        if self.streams is None:
+            self.streams = await asyncio.open_connection(self.host, self.port)
+        reader, writer = self.streams
+        writer.write(self.request)
+        status, body, keep_alive = await read_response(reader)
+        if not keep_alive:
+            self.close()
+        return status, body
+
+    def close(self) -> None:
+        if self.streams is not None:
+            self.streams[1].close()
+            self.streams = None
+
+
+async def load_slice(
+    connections: list[Connection], seconds: float, tally: Tally, count: bool
+) -> None:
+    """Every client posting back to back for `seconds`; answers after the ramp-up are counted."""
+    started = time.perf_counter()
+    counted_from, until = started + seconds * RAMP_UP, started + seconds
+
+    async def client(connection: Connection) -> None:
+        while (sent := time.perf_counter()) < until:
             try:
                 async with asyncio.timeout(60):
-                    if writer is None:
-                        reader, writer = await asyncio.open_connection(host, port)
-                    assert reader is not None
-                    writer.write(request)
-                    status, body, keep_alive = await read_response(reader)
+                    status, body = await connection.post()
             except (OSError, TimeoutError, asyncio.IncompleteReadError, ValueError) as e:
-                errors[f"{type(e).__name__}: {e}"[:200]] += 1
-                status, body, keep_alive = 0, b"", False
-            else:
-                if status != 200 or b'"digit"' not in body:
-                    errors[f"HTTP {status}: {body[:200].decode(errors='replace')}"] += 1
-                elif record:
-                    latencies.append(time.perf_counter() - started)
-            if not keep_alive and writer is not None:
-                writer.close()
-                reader, writer = None, None
-        if writer is not None:
-            writer.close()
+                tally.errors[f"{type(e).__name__}: {e}"[:200]] += 1
+                connection.close()
+                continue
+            answered = time.perf_counter()
+            if status != 200 or b'"digit"' not in body:
+                tally.errors[f"HTTP {status}: {body[:200].decode(errors='replace')}"] += 1
+            elif count and counted_from <= answered <= until:
+                tally.latencies.append(answered - sent)
 
-    async def run(seconds: float, record: bool) -> float:
-        started = time.perf_counter()
-        until = started + seconds
-        await asyncio.gather(*(client(until, record) for _ in range(concurrency)))
-        return time.perf_counter() - started
+    await asyncio.gather(*(client(c) for c in connections))
+    if count:
+        tally.seconds += until - counted_from
 
-    await run(warmup, record=False)
-    elapsed = await run(duration, record=True)
-    milliseconds = np.array(latencies) * 1e3 if latencies else np.array([float("nan")])
-    return {
-        "requests": len(latencies),
-        "rps": len(latencies) / elapsed,
-        "p50": float(np.percentile(milliseconds, 50)),
-        "p99": float(np.percentile(milliseconds, 99)),
-        "errors": sum(errors.values()),
-        "error_kinds": dict(errors.most_common(3)),
+
+async def generate_load(
+    requests: dict[str, tuple[str, bytes]],
+    concurrency: int,
+    warmup: float,
+    duration: float,
+    slice_seconds: float,
+) -> dict[str, dict[str, Any]]:
+    """Each app (name -> url, request) warmed up, then loaded in alternating slices."""
+    connections = {
+        name: [Connection(url, request) for _ in range(concurrency)]
+        for name, (url, request) in requests.items()
     }
+    tallies = {name: Tally() for name in requests}
+    names = list(requests)
+    for name in names:
+        await load_slice(connections[name], warmup, tallies[name], count=False)
+    rounds = max(1, round(duration / slice_seconds))
+    for number in range(rounds):
+        for name in names if number % 2 == 0 else names[::-1]:
+            await load_slice(connections[name], duration / rounds, tallies[name], count=True)
+    for connection in (c for group in connections.values() for c in group):
+        connection.close()
+    return {name: tally.result() for name, tally in tallies.items()}
 
 
 def load_main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="bench/serve.py --load")
-    parser.add_argument("--load", required=True, help="the URL to post to")
+    parser.add_argument("--load", action="store_true", required=True)
+    parser.add_argument("--url", action="append", required=True, help="NAME=URL, once per app")
     parser.add_argument("--upload", type=Path, required=True, help="a JSON file naming the upload")
     parser.add_argument("--concurrency", type=int, required=True)
     parser.add_argument("--warmup", type=float, required=True)
     parser.add_argument("--duration", type=float, required=True)
+    parser.add_argument("--slice", type=float, required=True)
     args = parser.parse_args(argv)
     spec = json.loads(args.upload.read_text())
     upload = Upload(
         spec["label"], spec["filename"], spec["content_type"], Path(spec["path"]).read_bytes()
     )
-    run = generate_load(
-        args.load, multipart(args.load, upload), args.concurrency, args.warmup, args.duration
-    )
+    urls = dict(pair.split("=", 1) for pair in args.url)
+    requests = {name: (url, multipart(url, upload)) for name, url in urls.items()}
+    run = generate_load(requests, args.concurrency, args.warmup, args.duration, args.slice)
     try:
         import uvloop  # uvicorn[standard]'s event loop: a cheaper client leaves more CPU to the server
 
@@ -338,18 +394,28 @@ def load_main(argv: list[str]) -> None:
 
 
 def measure(
-    url: str, upload_spec: Path, concurrency: int, warmup: float, duration: float
-) -> dict[str, Any]:
-    """One level against one server, from a load generator in its own process."""
-    command = [sys.executable, __file__, "--load", url, "--upload", str(upload_spec)]
+    urls: dict[str, str],
+    upload_spec: Path,
+    concurrency: int,
+    warmup: float,
+    duration: float,
+    slice_seconds: float,
+) -> dict[str, dict[str, Any]]:
+    """One level against every app, from a load generator in its own process."""
+    command = [sys.executable, __file__, "--load", "--upload", str(upload_spec)]
+    command += [f"--url={name}={url}" for name, url in urls.items()]
     command += ["--concurrency", str(concurrency), "--warmup", str(warmup)]
-    command += ["--duration", str(duration)]
+    command += ["--duration", str(duration), "--slice", str(slice_seconds)]
     done = subprocess.run(
-        command, cwd=ROOT, capture_output=True, text=True, timeout=warmup + duration + 120
+        command,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=2 * (warmup + duration) + 120,
     )
     if done.returncode != 0:
         sys.exit(f"the load generator failed:\n{done.stderr}")
-    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    result: dict[str, dict[str, Any]] = json.loads(done.stdout.strip().splitlines()[-1])
     return result
 
 
@@ -409,9 +475,10 @@ def main() -> None:
     parser.add_argument("--step", help="the step to serve (default: the last trained one)")
     parser.add_argument("--limit", type=int, default=3000, help="training images, no volume given")
     parser.add_argument("--concurrency", type=parse_levels, default=[1, 8, 32])
-    parser.add_argument("--duration", type=float, default=5.0, help="seconds per level")
+    parser.add_argument("--duration", type=float, default=6.0, help="seconds per level and app")
+    parser.add_argument("--slice", type=float, default=1.0, help="seconds per turn of one app")
     parser.add_argument("--warmup", type=float, default=1.0, help="seconds before each level")
-    parser.add_argument("--repeats", type=int, default=5, help="runs of each level; medians")
+    parser.add_argument("--repeats", type=int, default=3, help="runs of each level; medians")
     default_workers = int(os.environ.get("WEB_CONCURRENCY", "1"))  # what uvicorn would use
     parser.add_argument("--workers", type=int, default=default_workers, help="uvicorn workers")
     parser.add_argument(
@@ -455,12 +522,10 @@ def main() -> None:
             for repeat in range(args.repeats):
                 for upload in uploads:
                     for level in args.concurrency:
-                        # The two take turns, so drifting load on the machine hits both alike.
-                        order = ("bare", "ours") if repeat % 2 == 0 else ("ours", "bare")
-                        for name in order:
-                            result = measure(
-                                urls[name], specs[upload.label], level, args.warmup, args.duration
-                            )
+                        measured = measure(
+                            urls, specs[upload.label], level, args.warmup, args.duration, args.slice
+                        )
+                        for name, result in measured.items():
                             results.setdefault((upload.label, level, name), []).append(result)
                             if result["errors"]:
                                 print(f"{name}, {upload.label}, {level}: {result['error_kinds']}")
@@ -472,8 +537,8 @@ def main() -> None:
         f"{' '.join(UVICORN_FLAGS)}; INFERENCE_THREADS={threads}"
     )
     print(
-        f"{cpu_name()}, {cores} cores; {args.duration:g} s per level after "
-        f"{args.warmup:g} s warm-up, median of {args.repeats}"
+        f"{cpu_name()}, {cores} cores; {args.duration:g} s per level and app in turns of "
+        f"{args.slice:g} s after {args.warmup:g} s warm-up, median of {args.repeats}"
     )
     for line in timings:
         print(line)
@@ -499,7 +564,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) > 1 and sys.argv[1] == "--load":
+    if "--load" in sys.argv[1:]:
         load_main(sys.argv[1:])
     else:
         main()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import platform
 import struct
 import zlib
 from pathlib import Path
@@ -14,6 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
+from service.app import keep_freed_memory
 from tests.service.conftest import MAX_IMAGE_PIXELS, MAX_UPLOAD_BYTES, publish, random_model
 
 
@@ -415,3 +417,8 @@ def test_openapi_documents_both_ways_to_send_an_image(client: TestClient) -> Non
     assert {"200", "404", "413", "415", "422", "503"} <= set(body["responses"])
     answer = body["responses"]["200"]["content"]["application/json"]["schema"]["anyOf"]
     assert {"$ref": "#/components/schemas/Prediction"} in answer  # one file: one prediction
+
+
+def test_freed_memory_is_kept_for_the_next_request_on_glibc() -> None:
+    """glibc's malloc is tuned at start-up (see `keep_freed_memory`); other libcs are left be."""
+    assert keep_freed_memory() == (platform.libc_ver()[0] == "glibc")
