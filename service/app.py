@@ -69,7 +69,8 @@ def keep_freed_memory() -> bool:
     maps each such array fresh from the kernel and returns it on free, so every request faults
     its pages in again: a quarter of a 400x400 JPEG's latency here. These are the settings of
     MALLOC_MMAP_THRESHOLD_ and MALLOC_TRIM_THRESHOLD_, made here so that every way of running
-    the service gets them; memory stays bounded by what the largest request needs.
+    the service gets them. The price: the process keeps what it freed (a few MB after a load
+    of photos); arrays over 64 MiB still go back to the kernel.
     """
     m_trim_threshold, m_mmap_threshold = -1, -3  # glibc's <malloc.h>
     try:
@@ -446,7 +447,7 @@ async def predict(step: str, request: Request) -> Response:
         )
     STEP_PREDICTIONS[model.step].inc(len(predictions))
     # The predictions are ours and valid: FastAPI would validate them again and serialise them
-    # through a union's adapter, some 20 us a request (measured), a few percent of a 28x28 prediction.
+    # through a union's adapter, about 15 us a request (bench/README.md).
     if uploads is not None and len(uploads) > 1:
         body = PREDICTION_LIST.dump_json(predictions)
     else:
