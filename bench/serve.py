@@ -44,6 +44,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -148,7 +149,7 @@ def in_process(
     ]
     max_pixels = Settings().max_image_pixels
     for upload in uploads:
-        seconds = median_seconds(lambda u=upload: images.preprocess(u.data, max_pixels), 200)
+        seconds = median_seconds(partial(images.preprocess, upload.data, max_pixels), 200)
         lines.append(
             f"preprocessing in process, {upload.label} ({len(upload.data):,} bytes): "
             f"{seconds * 1e3:.3f} ms"
