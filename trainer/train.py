@@ -32,12 +32,17 @@ def make_scheduler(
 ) -> torch.optim.lr_scheduler.LRScheduler | None:
     """OneCycle steps every batch; StepLR every epoch; "constant" has none."""
     if recipe.schedule == "onecycle":
+        # OneCycleLR divides by the warm-up's length less one step, so a warm-up of exactly
+        # one step (10 batches in all at pct_start 0.1: a smoke test on a subset) would divide
+        # by zero; warm up for half a step instead, as every shorter run does.
+        steps = recipe.epochs * steps_per_epoch
+        pct_start = recipe.pct_start if recipe.pct_start * steps != 1 else 0.5 / steps
         return torch.optim.lr_scheduler.OneCycleLR(
             optimizer,
             max_lr=recipe.lr,
             epochs=recipe.epochs,
             steps_per_epoch=steps_per_epoch,
-            pct_start=recipe.pct_start,
+            pct_start=pct_start,
             div_factor=recipe.div_factor,
             final_div_factor=recipe.final_div_factor,
         )

@@ -16,7 +16,7 @@ from tests.conftest import ROOT
 from trainer.cli import parse_overrides
 from trainer.data import read_mnist_folder
 from trainer.steps import get_step
-from trainer.train import fit
+from trainer.train import fit, make_optimizer, make_scheduler
 from volume import read_index, read_version
 
 
@@ -82,6 +82,32 @@ def test_set_overrides_recipe_fields_with_their_types(
     overrides = parse_overrides(pairs)
     assert overrides == expected
     assert all(type(overrides[k]) is type(v) for k, v in expected.items())
+
+
+@pytest.mark.parametrize(
+    ("epochs", "steps_per_epoch", "pct_start"),
+    [
+        (15, 1875, 0.1),  # the final step's full run
+        (1, 10, 0.1),  # a warm-up of exactly one step: OneCycleLR alone divides by zero
+        (2, 2, 0.25),  # the same, from another recipe
+        (1, 3, 0.1),  # a warm-up under one step
+        (1, 1, 0.1),
+    ],
+)
+def test_onecycle_runs_to_its_end_however_short(
+    epochs: int, steps_per_epoch: int, pct_start: float
+) -> None:
+    recipe = replace(get_step("scheduler").recipe, epochs=epochs, pct_start=pct_start)
+    model = torch.nn.Linear(2, 2)
+    optimizer = make_optimizer(model, recipe)
+    scheduler = make_scheduler(optimizer, recipe, steps_per_epoch)
+    assert scheduler is not None
+    rates = []  # the learning rate of each optimizer step
+    for _ in range(epochs * steps_per_epoch):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert all(0 < rate <= recipe.lr for rate in rates)
 
 
 def test_summary_command_prints_the_seed_table() -> None:
