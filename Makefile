@@ -34,7 +34,7 @@ test: install lint  ## lint, type-check and run the whole test suite
 report: install  ## regenerate reports/REPORT.md from the committed metrics
 	$(PY) -m trainer report
 
-bench: install  ## both benchmarks (minutes, CPU)
+bench: install  ## the two CPU benchmarks (minutes); on a GPU also run bench/train_steps.py
 	$(PY) bench/train_speed.py
 	$(PY) bench/serve.py
 
