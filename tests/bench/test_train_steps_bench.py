@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from bench import train_steps as bench
-from tests.conftest import ROOT
+from tests.bench.runner import run_bench
 from tests.volume_fixtures import fake_metrics
 from volume import Metrics
 
@@ -47,28 +44,22 @@ def test_time_to_target_and_steady_seconds(
 
 @pytest.mark.slow
 def test_train_steps_bench_runs_and_reports_a_ratio(mnist_dir: Path) -> None:
-    command = [sys.executable, "bench/train_steps.py", "--steps", "gap", "--epochs", "2"]
-    command += ["--limit", "300", "--target", "0", "--data-dir", str(mnist_dir)]
-    done = subprocess.run(
-        command,
-        cwd=ROOT,
-        env=os.environ | {"PYTHONPATH": str(ROOT)},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-    lines = done.stdout.strip().splitlines()
-    assert lines[0] == "device: cpu; 300 training images per epoch", done.stdout
+    lines = run_bench(
+        "train_steps.py", "--steps", "gap", "--device", "cpu", "--epochs", "2", "--limit", "300",
+        "--target", "0",
+        "--data-dir", str(mnist_dir), timeout=300,
+    )  # fmt: skip
+    stdout = "\n".join(lines)
+    assert lines[0] == "device: cpu; 300 training images per epoch", stdout
     # The final step is timed even when --steps leaves it out: the baseline is its epoch.
     for number, step, params in ((6, "gap", "9,490"), (7, "scheduler", "7,862")):
         row = (
             rf"\| {number} \| `{step}` \| {params} \| 2 \| [\d.]+ \| [\d.]+ \| [\d,]+ \| [\d.]+ \|"
         )
-        assert any(re.fullmatch(row, x) for x in lines), done.stdout
+        assert any(re.fullmatch(row, x) for x in lines), stdout
     assert any(
         re.fullmatch(r"`scheduler` reached 0.0 % test accuracy at epoch 1: [\d.]+ s", x)
         for x in lines
-    ), done.stdout
+    ), stdout
     assert re.fullmatch(r"baseline: one epoch of `scheduler` on cpu: [\d.]+ s", lines[-2])
-    assert re.fullmatch(r"ratio: \d+\.\d\d", lines[-1]), done.stdout
+    assert re.fullmatch(r"ratio: \d+\.\d\d", lines[-1]), stdout
