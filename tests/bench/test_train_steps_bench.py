@@ -46,8 +46,7 @@ def test_time_to_target_and_steady_seconds(
 def test_train_steps_bench_runs_and_reports_a_ratio(mnist_dir: Path) -> None:
     lines = run_bench(
         "train_steps.py", "--steps", "gap", "--device", "cpu", "--epochs", "2", "--limit", "300",
-        "--target", "0",
-        "--data-dir", str(mnist_dir), timeout=300,
+        "--target", "0", "--data-dir", str(mnist_dir), timeout=300,
     )  # fmt: skip
     stdout = "\n".join(lines)
     assert lines[0] == "device: cpu; 300 training images per epoch", stdout
