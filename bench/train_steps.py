@@ -100,7 +100,7 @@ def main() -> None:
         train(baseline, final, "cpu", args.data_dir, 1, args.limit)
         runs, cpu = published_metrics(ours), published_metrics(baseline)[final]
 
-    images = args.limit or MNIST_TRAIN_IMAGES
+    images = min(args.limit or MNIST_TRAIN_IMAGES, MNIST_TRAIN_IMAGES)  # --limit past the end
     devices = sorted({m.provenance.device for m in runs.values()})
     print(f"device: {', '.join(devices)}; {images:,} training images per epoch")
     print()
