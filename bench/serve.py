@@ -301,6 +301,20 @@ class Connection:
         self.streams: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
 
     async def post(self) -> tuple[int, bytes]:
+        reused = self.streams is not None
+        try:
+            return await self.send()
+        except (asyncio.IncompleteReadError, ConnectionResetError) as e:
+            self.close()
+            # A server closes a keep-alive connection left idle past its timeout (uvicorn's is
+            # 5 s), as this one may be while other apps take turns of --slice seconds. Like any
+            # HTTP client, send once more on a new connection when a reused one closed before
+            # a byte of the answer.
+            if not reused or (isinstance(e, asyncio.IncompleteReadError) and e.partial):
+                raise
+            return await self.send()
+
+    async def send(self) -> tuple[int, bytes]:
         if self.streams is None:
             self.streams = await asyncio.open_connection(self.host, self.port)
         reader, writer = self.streams
@@ -557,7 +571,10 @@ def main() -> None:
     checks = [
         (f"no errors ({errors} in {requests + errors:,} requests)", errors == 0),
         (f"{small} at {top} clients: ours/bare req/s {ratio:.2f} >= 0.50", ratio >= 0.5),
-        (f"{small} at {first} client: ours/bare p50 {latency:.2f} <= 2.00", latency <= 2),
+        (
+            f"{small} at {first} client{'s' * (first > 1)}: ours/bare p50 {latency:.2f} <= 2.00",
+            latency <= 2,
+        ),
     ]
     for text, holds in checks:
         print(f"target {'holds' if holds else 'FAILS'}: {text}")
