@@ -1,22 +1,23 @@
 """Training time of every step on the training device, and the final step's time to 99.4 %.
 
     python bench/train_steps.py [--steps all] [--device auto] [--epochs N] [--limit N]
-                                [--target 99.4] [--data-dir DIR]
+                                [--target 99.4] [--data-dir DIR] [--keep DIR]
 
 It runs the real trainer, `python -m trainer run`, with each step's own recipe into a temporary
 volume (on a GPU the whole of MNIST is held on the GPU and augmented there, as the trainer
-always does), then reads the per-epoch times the trainer recorded in each step's metrics (each
-epoch: training plus testing, timed after the device has finished). It prints, per step, the
-first epoch's seconds (CUDA and cuDNN warm up in it), the median of the other epochs, training
-images per second over the whole epoch, and the best test accuracy; then the seconds the final
-step takes to first reach --target test accuracy, summed over its epochs up to that one.
+always does; --keep DIR keeps it as DIR/device, and the baseline's as DIR/cpu), then reads the
+per-epoch times the trainer recorded in each step's metrics (each epoch: training plus testing,
+timed after the device has finished). It prints, per step, the first epoch's seconds (CUDA and
+cuDNN warm up in it), the median of the other epochs, training images per second over the whole
+epoch, and the best test accuracy; then the seconds the final step takes to first reach --target
+test accuracy, summed over its epochs up to that one.
 
 Baseline, in the same run: one epoch of the final step on the CPU (the same trainer, recipe and
 images). The last line is `ratio: X.XX`, the CPU's seconds per epoch of the final step over the
 device's (on a machine without a GPU both are the CPU, and the ratio is about 1).
 
 On this project's 2-core CPU, `--steps scheduler` (the final step alone) takes 11 minutes; use
---limit and --epochs for a quick look, and a GPU for every step.
+--limit and --epochs for a quick look, and a GPU for every step (one H200: about 5 minutes).
 """
 
 from __future__ import annotations
@@ -50,11 +51,12 @@ def train(
     subprocess.run(command, cwd=ROOT, check=True, stdout=sys.stderr)
 
 
-def published_metrics(volume: Path) -> dict[str, Metrics]:
-    """The metrics of every step published into `volume`, in the design's order."""
+def published_metrics(volume: Path, steps: list[str]) -> dict[str, Metrics]:
+    """The current metrics of `steps` in `volume`, in the design's order. Only the steps this
+    run trained: a --keep folder may hold other steps from an earlier run."""
     metrics = {}
     for slug in STEP_SLUGS:
-        version = read_current(volume, slug)
+        version = read_current(volume, slug) if slug in steps else None
         if version is not None:
             metrics[slug] = version.metrics
     return metrics
@@ -90,15 +92,18 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, help="override every recipe's epochs")
     parser.add_argument("--limit", type=int, help="train and test on the first N images only")
     parser.add_argument("--target", type=float, default=99.4, help="test accuracy, percent")
+    parser.add_argument(
+        "--keep", type=Path, help="keep the volumes in DIR/device and DIR/cpu (default: delete)"
+    )
     args = parser.parse_args()
     final = STEP_SLUGS[-1]
-    steps = ",".join(dict.fromkeys([*parse_steps(args.steps), final]))  # the baseline's step too
+    steps = list(dict.fromkeys([*parse_steps(args.steps), final]))  # the baseline's step too
 
     with tempfile.TemporaryDirectory(prefix="train-steps-") as tmp:
-        ours, baseline = Path(tmp) / "device", Path(tmp) / "cpu"
-        train(ours, steps, args.device, args.data_dir, args.epochs, args.limit)
+        ours, baseline = (args.keep or Path(tmp)) / "device", (args.keep or Path(tmp)) / "cpu"
+        train(ours, ",".join(steps), args.device, args.data_dir, args.epochs, args.limit)
         train(baseline, final, "cpu", args.data_dir, 1, args.limit)
-        runs, cpu = published_metrics(ours), published_metrics(baseline)[final]
+        runs, cpu = published_metrics(ours, steps), published_metrics(baseline, [final])[final]
 
     images = min(args.limit or MNIST_TRAIN_IMAGES, MNIST_TRAIN_IMAGES)  # --limit past the end
     devices = sorted({m.provenance.device for m in runs.values()})

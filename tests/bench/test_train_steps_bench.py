@@ -9,6 +9,7 @@ import pytest
 
 from bench import train_steps as bench
 from tests.bench.runner import run_bench
+from tests.service.conftest import publish
 from tests.volume_fixtures import fake_metrics
 from volume import Metrics
 
@@ -43,10 +44,12 @@ def test_time_to_target_and_steady_seconds(
 
 
 @pytest.mark.slow
-def test_train_steps_bench_runs_and_reports_a_ratio(mnist_dir: Path) -> None:
+def test_train_steps_bench_runs_and_reports_a_ratio(mnist_dir: Path, tmp_path: Path) -> None:
+    # The kept folder already holds a step from an earlier run: it must not enter the table.
+    publish(tmp_path / "device", "setup")
     lines = run_bench(
         "train_steps.py", "--steps", "gap", "--device", "cpu", "--epochs", "2", "--limit", "300",
-        "--target", "0", "--data-dir", str(mnist_dir), timeout=300,
+        "--target", "0", "--data-dir", str(mnist_dir), "--keep", str(tmp_path), timeout=300,
     )  # fmt: skip
     stdout = "\n".join(lines)
     assert lines[0] == "device: cpu; 300 training images per epoch", stdout
@@ -62,3 +65,8 @@ def test_train_steps_bench_runs_and_reports_a_ratio(mnist_dir: Path) -> None:
     ), stdout
     assert re.fullmatch(r"baseline: one epoch of `scheduler` on cpu: [\d.]+ s", lines[-2])
     assert re.fullmatch(r"ratio: \d+\.\d\d", lines[-1]), stdout
+    assert not any("`setup`" in x for x in lines), stdout
+    # --keep: the volumes it measured stay, each a real published volume.
+    trained = bench.published_metrics(tmp_path / "device", ["gap", "scheduler"])
+    assert [m.provenance.limit for m in trained.values()] == [300, 300]
+    assert bench.published_metrics(tmp_path / "cpu", ["scheduler"])["scheduler"].epochs[0].seconds
