@@ -54,12 +54,8 @@ def train(
 def published_metrics(volume: Path, steps: list[str]) -> dict[str, Metrics]:
     """The current metrics of `steps` in `volume`, in the design's order. Only the steps this
     run trained: a --keep folder may hold other steps from an earlier run."""
-    metrics = {}
-    for slug in STEP_SLUGS:
-        version = read_current(volume, slug) if slug in steps else None
-        if version is not None:
-            metrics[slug] = version.metrics
-    return metrics
+    versions = {slug: read_current(volume, slug) for slug in STEP_SLUGS if slug in steps}
+    return {slug: version.metrics for slug, version in versions.items() if version is not None}
 
 
 def steady_seconds(metrics: Metrics) -> float:
@@ -100,7 +96,8 @@ def main() -> None:
     steps = list(dict.fromkeys([*parse_steps(args.steps), final]))  # the baseline's step too
 
     with tempfile.TemporaryDirectory(prefix="train-steps-") as tmp:
-        ours, baseline = (args.keep or Path(tmp)) / "device", (args.keep or Path(tmp)) / "cpu"
+        folder = args.keep or Path(tmp)
+        ours, baseline = folder / "device", folder / "cpu"
         train(ours, ",".join(steps), args.device, args.data_dir, args.epochs, args.limit)
         train(baseline, final, "cpu", args.data_dir, 1, args.limit)
         runs, cpu = published_metrics(ours, steps), published_metrics(baseline, [final])[final]
