@@ -1,0 +1,78 @@
+"""What every group of routes shares: the app's state as dependencies, step lookup, errors.
+
+A route names a step by slug, 1-based number or `best`; `loaded` turns that into the model
+serving it, or into the 404 / 503 that says what to do.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import Depends, HTTPException, Request, status
+from pydantic import BaseModel, Field
+
+from service.models import LoadedModel, ModelRegistry
+from service.settings import Settings
+from volume import UnknownStepError, resolve_step
+
+
+def train_hint(steps: str = "all") -> str:
+    return f"run `python -m trainer run --steps {steps}` to publish it into MODELS_DIR"
+
+
+# Dependencies are coroutines: FastAPI runs a plain `def` dependency in the thread pool, a
+# thread hop per dependency per request for what is an attribute lookup.
+async def get_settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+async def get_models(request: Request) -> ModelRegistry:
+    models: ModelRegistry = request.app.state.models
+    return models
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+ModelsDep = Annotated[ModelRegistry, Depends(get_models)]
+
+
+class ErrorDetail(BaseModel):
+    detail: str = Field(examples=["unknown step 'x': use one of setup, ..., or 'best'"])
+
+
+def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI entries for the error answers a route can give."""
+    meaning = {
+        400: "a malformed multipart body, or more `file` fields than MAX_BATCH",
+        404: "unknown step",
+        413: "upload or image too large",
+        415: "not an image type",
+        422: "no image, or bytes that do not decode as an image, or no digit in it",
+        503: "the step is known but the trainer has not published it yet",
+    }
+    return {code: {"model": ErrorDetail, "description": meaning[code]} for code in codes}
+
+
+def resolve(step: str, models: ModelRegistry) -> str:
+    """The slug `step` names, or 404; `best` with nothing trained is 503."""
+    try:
+        return resolve_step(step, models.best_accuracy())
+    except UnknownStepError as e:
+        if step.strip().lower() == "best":
+            raise HTTPException(
+                status.HTTP_503_SERVICE_UNAVAILABLE, f"no step is trained yet; {train_hint()}"
+            ) from None
+        raise HTTPException(status.HTTP_404_NOT_FOUND, str(e)) from None
+
+
+def loaded(step: str, models: ModelRegistry) -> LoadedModel:
+    """The model currently serving `step`, or 404 / 503."""
+    slug = resolve(step, models)
+    model = models.get(slug)
+    if model is None:
+        raise HTTPException(
+            status.HTTP_503_SERVICE_UNAVAILABLE,
+            f"step {slug!r} is not trained yet: the trainer has not published it; "
+            f"{train_hint(slug)}",
+        )
+    return model
