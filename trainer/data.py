@@ -191,6 +191,19 @@ def augment(x: Tensor, rotation: float, translate: float) -> Tensor:
     return F.grid_sample(x, grid, mode="nearest", padding_mode="zeros", align_corners=False)
 
 
+def batch(
+    split: Split, idx: Tensor | slice, rotation: float = 0.0, translate: float = 0.0
+) -> tuple[Tensor, Tensor]:
+    """The images ``idx`` of ``split`` normalised (and, when asked, augmented), and their labels.
+
+    No host sync: a CUDA graph captures it (trainer/graphs.py), with ``idx`` a static buffer.
+    """
+    x = split.images[idx].unsqueeze(1).float().div_(255.0)
+    if rotation or translate:
+        x = augment(x, rotation, translate)
+    return normalize(x), split.labels[idx]
+
+
 def batches(
     split: Split,
     batch_size: int,
@@ -207,7 +220,4 @@ def batches(
             if order is not None
             else slice(start, start + batch_size)
         )
-        x = split.images[idx].unsqueeze(1).float().div_(255.0)
-        if rotation or translate:
-            x = augment(x, rotation, translate)
-        yield normalize(x), split.labels[idx]
+        yield batch(split, idx, rotation, translate)

@@ -14,6 +14,8 @@ from trainer.data import Split, batches
 from trainer.steps import Recipe
 from volume import EpochMetrics
 
+TEST_BATCH_SIZE = 1000  # the test pass's batch: no gradients, so as large as is convenient
+
 
 def make_optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
     if recipe.optimizer == "adam":
@@ -89,7 +91,9 @@ def train_one_epoch(
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, data: Split, batch_size: int = 1000) -> tuple[float, float]:
+def evaluate(
+    model: nn.Module, data: Split, batch_size: int = TEST_BATCH_SIZE
+) -> tuple[float, float]:
     """(mean loss, accuracy %) of ``model`` on ``data``, in eval mode."""
     model.eval()
     loss_sum = torch.zeros((), device=data.labels.device)
@@ -106,6 +110,7 @@ class FitResult:
     epochs: list[EpochMetrics]
     best_epoch: int  # 1-based
     best_state: dict[str, torch.Tensor]  # the weights of the best epoch, on the CPU
+    cuda_graphs: bool = False  # whether the training steps ran as CUDA graphs (trainer/graphs.py)
 
     @property
     def best(self) -> EpochMetrics:
@@ -120,23 +125,35 @@ def fit(
     progress: bool = True,
     name: str = "",
     log: bool = True,
+    cuda_graphs: bool = False,
 ) -> FitResult:
     """Train for ``recipe.epochs`` epochs, testing after each; keep the best by test accuracy.
 
-    A later epoch must beat the best strictly, so ties keep the earlier checkpoint.
+    A later epoch must beat the best strictly, so ties keep the earlier checkpoint. With
+    ``cuda_graphs`` each training and test step is captured once and replayed (on CUDA, for
+    SGD recipes; otherwise one line says why and this loop runs as it is).
     """
     optimizer = make_optimizer(model, recipe)
     steps_per_epoch = -(-len(train) // recipe.batch_size)
     scheduler = make_scheduler(optimizer, recipe, steps_per_epoch)
+    graphed = None
+    if cuda_graphs:
+        from trainer.graphs import graph_trainer  # it builds on this module
+
+        graphed = graph_trainer(model, train, test, recipe, optimizer, scheduler, name, log)
     history: list[EpochMetrics] = []
     best_epoch, best_state = 0, dict[str, torch.Tensor]()
     for epoch in range(1, recipe.epochs + 1):
         start = time.perf_counter()
         desc = f"{name} {epoch}/{recipe.epochs}"
-        train_loss, train_acc = train_one_epoch(
-            model, train, optimizer, scheduler, recipe, progress, desc
-        )
-        test_loss, test_acc = evaluate(model, test)
+        if graphed is None:
+            train_loss, train_acc = train_one_epoch(
+                model, train, optimizer, scheduler, recipe, progress, desc
+            )
+            test_loss, test_acc = evaluate(model, test)
+        else:
+            train_loss, train_acc = graphed.train_one_epoch(progress, desc)
+            test_loss, test_acc = graphed.evaluate()
         seconds = time.perf_counter() - start
         lr = optimizer.param_groups[0]["lr"]
         history.append(
@@ -158,4 +175,4 @@ def fit(
                 f"{name} epoch {epoch:2d}: train loss {train_loss:.4f} acc {train_acc:.2f}% | "
                 f"test loss {test_loss:.4f} acc {test_acc:.2f}% | lr {lr:.5f} | {seconds:.1f}s"
             )
-    return FitResult(history, best_epoch, best_state)
+    return FitResult(history, best_epoch, best_state, graphed is not None and graphed.graphed)
