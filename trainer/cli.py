@@ -2,6 +2,7 @@
 
 python -m trainer run --steps all                 # train every step, publish into $MODELS_DIR
 python -m trainer run --steps gap --epochs 1 --limit 5000 --data-dir ../shared/datasets/mnist
+python -m trainer run --device cuda --graphs on     # each step captured in a CUDA graph (opt-in)
 python -m trainer summary setup                   # the seed-style layer table
 python -m trainer export gap                      # re-export a kept checkpoint, no training
 python -m trainer ls                              # what the model volume holds
@@ -89,6 +90,13 @@ def pick_device(name: str) -> torch.device:
     return torch.device("cpu")
 
 
+def use_cuda_graphs(mode: str, device: torch.device) -> bool:
+    """``--graphs``: off (the default until measured on a GPU), auto (on CUDA only), or on."""
+    if mode == "on" and device.type != "cuda":
+        raise SystemExit("error: --graphs on needs a CUDA GPU; use --graphs auto or off")
+    return mode == "on" or (mode == "auto" and device.type == "cuda")
+
+
 def software_versions() -> dict[str, str]:
     import onnx
     import onnxruntime
@@ -133,6 +141,7 @@ def cmd_run(args: argparse.Namespace) -> None:
     steps = parse_steps(args.steps)
     overrides = parse_overrides(args.set)
     device = pick_device(args.device)
+    graphs = use_cuda_graphs(args.graphs, device)
     mnist = load_data(args)
     train, test = mnist.train.head(args.limit).to(device), mnist.test.head(args.limit).to(device)
     print(f"data: {mnist.source} ({len(train)} train, {len(test)} test images)", file=sys.stderr)
@@ -150,7 +159,10 @@ def cmd_run(args: argparse.Namespace) -> None:
         started, start = datetime.now(UTC).isoformat(timespec="seconds"), time.perf_counter()
         print(f"== {step.info.number}. {slug}: {count_params(model):,} params", file=sys.stderr)
         bar = not args.quiet and sys.stderr.isatty()
-        result = fit(model, train, test, recipe, progress=bar, name=slug, log=not args.quiet)
+        result = fit(
+            model, train, test, recipe, progress=bar, name=slug, log=not args.quiet,
+            cuda_graphs=graphs,
+        )  # fmt: skip
         provenance = Provenance(
             command=command,
             seed=recipe.seed,
@@ -161,6 +173,7 @@ def cmd_run(args: argparse.Namespace) -> None:
             started_at=started,
             wall_seconds=round(time.perf_counter() - start, 2),
             git_commit=commit,
+            cuda_graphs=result.cuda_graphs,
         )
         metrics = Metrics(
             step=slug,
@@ -265,6 +278,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="override a recipe field, e.g. --set lr=0.1 --set batch_size=32 (repeatable)",
     )
     run.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    run.add_argument(
+        "--graphs",
+        choices=["off", "auto", "on"],
+        default="off",
+        help="capture each training and test step in a CUDA graph and replay it (on CUDA, SGD "
+        "recipes; a step that cannot be captured trains eagerly and says why). Default off: "
+        "not yet measured on a GPU; auto uses graphs only where CUDA is",
+    )
     run.add_argument("--quiet", action="store_true", help="no progress bar, no epoch lines")
     volume_args(run)
     data_args(run)

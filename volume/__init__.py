@@ -165,6 +165,7 @@ class Provenance(_Schema):
     started_at: str
     wall_seconds: float
     git_commit: str | None = None
+    cuda_graphs: bool = False  # the training steps ran as captured CUDA graphs (trainer/graphs.py)
 
 
 class Metrics(_Schema):
