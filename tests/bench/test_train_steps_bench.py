@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import re
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -70,3 +72,101 @@ def test_train_steps_bench_runs_and_reports_a_ratio(mnist_dir: Path, tmp_path: P
     trained = bench.published_metrics(tmp_path / "device", ["gap", "scheduler"])
     assert [m.provenance.limit for m in trained.values()] == [300, 300]
     assert bench.published_metrics(tmp_path / "cpu", ["scheduler"])["scheduler"].epochs[0].seconds
+
+
+def run_of(
+    name: str, seed: int, per_step: dict[str, list[tuple[float, float]]], graphs: bool
+) -> bench.Run:
+    metrics = {}
+    for slug, epochs in per_step.items():
+        m = with_epochs(epochs).model_copy(update={"step": slug})
+        provenance = m.provenance.model_copy(update={"cuda_graphs": graphs, "seed": seed})
+        best = max(a for _, a in epochs)
+        metrics[slug] = m.model_copy(update={"provenance": provenance, "best_test_accuracy": best})
+    return bench.Run(
+        name, seed, Path("/nonexistent"), wall_seconds=100.0 / (1 + 9 * graphs), metrics=metrics
+    )
+
+
+def test_compare_lines_put_eager_and_graphs_side_by_side() -> None:
+    eager = run_of("eager", 1, {"scheduler": [(9.0, 99.0), (6.0, 99.41), (6.0, 99.5)]}, False)
+    graphs = [
+        run_of("graphs", 1, {"scheduler": [(2.0, 99.0), (0.5, 99.3), (0.5, 99.45)]}, True),
+        run_of("graphs", 2, {"scheduler": [(1.0, 99.0), (0.5, 99.2), (0.5, 99.35)]}, True),
+    ]
+    lines, ratio = bench.compare_lines(eager, graphs, "scheduler", 99.4, full=True)
+    assert ratio == 12.0
+    assert lines[2] == (
+        "| 7 | `scheduler` | 90 | 3 | 6.00 | 0.50 | 12.0x | 9.00 | 2.00 | 99.50 | 99.40 ± 0.07 (2 seeds) |"
+    )
+    assert lines[4] == (
+        "`scheduler` first reached 99.4 % test accuracy: eager epoch 2 after 15.0 s; graphs seed 1: "
+        "epoch 3 after 3.0 s; seed 2: not reached in 3 epochs"
+    )
+    assert lines[5] == "all 1 steps, training (epochs summed): eager 21.0 s, graphs 3.0 s (7.0x)"
+    assert lines[6].endswith("eager 100.0 s, graphs 10.0 s")
+    assert lines[7] == (
+        "targets (issue 18, one H200): `scheduler` to 99.4 % in < 10 s: 3.0 s, met; all steps' "
+        "training in < 60 s: 3.0 s, met; graphs >= 5x eager on `scheduler`'s epoch: 12.00x, met"
+    )
+
+
+def check_row(passed: bool | None) -> bench.CheckRow:
+    return bench.CheckRow("scheduler", 63, True, 0.0, (0.0, 0.0, 0.0), (0.0, 0.0, 0.0), passed)
+
+
+@pytest.mark.parametrize(
+    ("rows", "runs", "cuda", "expected"),
+    [
+        ([check_row(True), check_row(None)], [], True, []),
+        ([check_row(False)], [], True, ["check `scheduler` failed"]),
+        ([], [bench.Run("eager", 1, Path("x"), error="exited 2")], True, ["the eager run (seed 1) exited 2"]),
+        ([], [run_of("graphs", 3, {"gap": [(1.0, 99.0)]}, False)], True,
+         ["graphs seed 3: gap trained eagerly (trainer.log says why)"]),
+        ([], [run_of("graphs", 3, {"gap": [(1.0, 99.0)]}, False)], False, []),  # a CPU: eager
+        ([], [run_of("eager", 1, {"gap": [(1.0, 99.0)]}, False)], True, []),
+    ],
+)  # fmt: skip
+def test_what_fails_a_comparison(
+    rows: list[bench.CheckRow], runs: list[bench.Run], cuda: bool, expected: list[str]
+) -> None:
+    assert bench.failures_of(rows, runs, cuda) == expected
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)  # three trainer processes and the check's twelve small trainings
+def test_compare_graphs_runs_end_to_end_on_the_cpu(mnist_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    lines = run_bench(
+        "train_steps.py", "--compare-graphs", "--device", "cpu", "--steps", "scheduler",
+        "--epochs", "1", "--limit", "100", "--seeds", "2", "--budget", "100000", "--target", "0",
+        "--data-dir", str(mnist_dir), "--out", str(out), "--keep", str(tmp_path / "volumes"),
+        timeout=850,
+    )  # fmt: skip
+    stdout = "\n".join(lines)
+    assert lines[0].startswith("$ python bench/train_steps.py --compare-graphs"), stdout
+    assert re.fullmatch(
+        r"device: cpu; torch [^;]+; 100 training images per epoch; .* UTC", lines[1]
+    )
+    verdicts = [x.rsplit("|", 2)[-2].strip() for x in lines if x.startswith("| `")]
+    assert verdicts == ["pass", "pass", "reported only"], stdout  # scheduler, batchnorm, dropout
+    row = (
+        r"\| 7 \| `scheduler` \| 7,862 \| 1 \| [\d.]+ \| [\d.]+ \| [\d.]+x \| [\d.]+ \| [\d.]+ "
+        r"\| [\d.]+ \| [\d.]+ ± [\d.]+ \(2 seeds\) \|"
+    )
+    assert any(re.fullmatch(row, x) for x in lines), stdout
+    assert any("(this run is not the issue's" in x for x in lines), stdout
+    assert not any(x.startswith("FAILED") for x in lines), stdout
+    assert re.fullmatch(r"ratio: \d+\.\d\d", lines[-1]), stdout
+    assert (out / "report.md").read_text().strip().splitlines() == lines
+    assert [r["step"] for r in json.loads((out / "check.json").read_text())] == [
+        "scheduler", "batchnorm", "dropout",
+    ]  # fmt: skip
+    with tarfile.open(out / "runs.tar.gz") as tar:
+        names = sorted(tar.getnames())
+    assert names == sorted(
+        f"{run}/scheduler/seed-{seed}/{f}"
+        for run, seed in (("eager", 1), ("graphs", 1), ("graphs", 2))
+        for f in ("metrics.json", "summary.json")
+    )
+    assert "--graphs auto --seed 2" in (out / "trainer.log").read_text()
