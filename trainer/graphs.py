@@ -187,12 +187,8 @@ class GraphTrainer:
         self.test_batches = StaticBatches(len(test), TEST_BATCH_SIZE, device)
         self.steps_per_epoch = len(self.train_batches)
         self.per_batch = recipe.schedule == "onecycle"
-        self._lrs, self._momenta = schedule_table(recipe, self.steps_per_epoch)
         self.done = self._steps_done()  # optimizer steps already taken, by either loop
-
         dtype = next(model.parameters()).dtype
-        self.lrs = torch.tensor(self._lrs, dtype=dtype, device=device)
-        self.momenta = torch.tensor(self._momenta, dtype=dtype, device=device)
         self.counter = torch.full((1,), self.done, dtype=torch.long, device=device)
         self.params: list[Tensor] = [p for p in model.parameters() if p.requires_grad]
         # The momentum buffers are the optimizer's own (made if it has none yet): the graph
@@ -203,8 +199,13 @@ class GraphTrainer:
             if state.get("momentum_buffer") is None:
                 state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
             self.buffers.append(state["momentum_buffer"])
-        # Every training step's loss, on the device: one write a step, read only for checks.
-        self.step_losses = torch.zeros(len(self._lrs) - 1, dtype=dtype, device=device)
+        # The schedule (made on first use, so that an epoch's time includes it, as the plain
+        # loop's scheduler steps are in its epochs), and every step's loss, for checks.
+        self._lrs: list[float] = []
+        self._momenta: list[float] = []
+        self.lrs = self.momenta = torch.zeros(0, dtype=dtype, device=device)
+        total = recipe.epochs * self.steps_per_epoch
+        self.step_losses = torch.zeros(total, dtype=dtype, device=device)
         self.train_loss = torch.zeros((), device=device)
         self.train_correct = torch.zeros((), dtype=torch.long, device=device)
         self.test_loss = torch.zeros((), device=device)
@@ -217,6 +218,12 @@ class GraphTrainer:
     def graphed(self) -> bool:
         """Whether the training steps run as captured CUDA graphs."""
         return self.capture and bool(self._train_steps)
+
+    def _make_schedule(self) -> None:
+        if not self._lrs:
+            self._lrs, self._momenta = schedule_table(self.recipe, self.steps_per_epoch)
+            self.lrs = torch.tensor(self._lrs, dtype=self.lrs.dtype, device=self.lrs.device)
+            self.momenta = torch.tensor(self._momenta, dtype=self.lrs.dtype, device=self.lrs.device)
 
     def _steps_done(self) -> int:
         if self.scheduler is None:
@@ -311,6 +318,7 @@ class GraphTrainer:
         loop's ``train_one_epoch`` does."""
         self.model.train()
         if self._train_steps is None:
+            self._make_schedule()
             self._train_steps = self._prepare(self._train_step, self.train_batches, "training")
         if not self._train_steps:
             return train_one_epoch(
