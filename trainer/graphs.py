@@ -6,7 +6,9 @@ Captured in a CUDA graph, a whole step (gathering and augmenting the batch from 
 already on the GPU, forward, loss, backward, the SGD update with BatchNorm's running statistics,
 the learning rate of the schedule) is one launch. ``fit(..., cuda_graphs=True)`` uses it;
 ``python -m trainer run --graphs on`` asks for it. The plain loop in trainer/train.py is the
-reference, and everything here is checked against it on the CPU (tests/trainer/test_graphs.py).
+reference, and everything here is checked against it on the CPU (tests/trainer/test_graphs.py);
+the capture itself only on a GPU (``bench/train_steps.py --compare-graphs``), which it has not
+met yet: that is why ``--graphs`` is off by default.
 
 What a graph needs that the plain loop does not have:
 
@@ -24,7 +26,10 @@ What a graph needs that the plain loop does not have:
   generator, which PyTorch makes graph-safe (each replay advances its Philox offset, so every
   replay draws new numbers); the epoch's shuffle (``torch.randperm``) runs outside the graphs.
 
-A step that cannot be captured runs eagerly, with one line on stderr saying why.
+Before capturing, each step is warmed up three times on a side stream (PyTorch's recipe for
+capturing a whole network); the warm-up trains for real, so what it wrote and the random numbers
+it drew are put back. A step that cannot be captured runs eagerly, with one line on stderr
+saying why.
 """
 
 from __future__ import annotations
