@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The one device call for CUDA graphs (issue 18): check them against the plain loop, then time
 # eager against graphs for every step (15 epochs each), with up to 3 seeds of graphs, in about
-# 7 minutes on one H200 (--budget 420 s: extra seeds only while they fit; hard limit 480 s).
+# 7 minutes on one H200 (--budget 420 s: extra seeds only while they fit; hard limit $LIMIT,
+# 480 s by default).
 #
 # From the repository root on the lent machine, with MNIST's four IDX files in .dev/mnist (or
 # $MNIST_DIR) and, where its python3 lacks pydantic, pydantic's wheels in .whl:
@@ -18,6 +19,7 @@ set -u
 export PYTHONUNBUFFERED=1
 PYTHON=${PYTHON:-python3}
 DEVICE=${DEVICE:-cuda}
+LIMIT=${LIMIT:-480}
 OUT=${OUT:-/tmp/compare-graphs}
 mkdir -p "$OUT"
 export PYTHONPATH=$PWD
@@ -35,7 +37,7 @@ fi
 } 2>&1 | tee "$OUT/env.txt"
 nvidia-smi dmon -s u -d 1 >"$OUT/dmon.txt" 2>&1 &  # SM load, eager and graphs
 dmon=$!
-timeout 480 "$PYTHON" bench/train_steps.py --device "$DEVICE" --compare-graphs --seeds 3 \
+timeout "$LIMIT" "$PYTHON" bench/train_steps.py --device "$DEVICE" --compare-graphs --seeds 3 \
   --budget 420 --data-dir "${MNIST_DIR:-.dev/mnist}" --out "$OUT" \
   --keep /tmp/compare-graphs-volumes "$@"
 rc=$?

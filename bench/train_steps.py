@@ -50,6 +50,7 @@ import gc
 import io
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -102,9 +103,13 @@ def train(
         command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     ) as process:
         assert process.stdout is not None
-        for line in process.stdout:
-            sys.stderr.write(line)
-            log.write(line)
+        try:
+            for line in process.stdout:
+                sys.stderr.write(line)
+                log.write(line)
+        except BaseException:  # stopped: do not leave the trainer running
+            process.kill()
+            raise
     if process.returncode != 0:
         raise subprocess.CalledProcessError(process.returncode, command)
     return time.perf_counter() - start
@@ -366,8 +371,17 @@ def runs_archive(runs: list[Run], path: Path) -> None:
                     tar.add(published.folder / name, f"{run.name}/{slug}/seed-{run.seed}/{name}")
 
 
+class Stopped(Exception):
+    """SIGTERM (a time limit such as `timeout`'s): report what is done, then exit."""
+
+
+def _stop(signum: int, frame: object) -> None:
+    raise Stopped
+
+
 def compare_graphs(args: argparse.Namespace, steps: list[str], folder: Path) -> int:
     started = time.perf_counter()
+    signal.signal(signal.SIGTERM, _stop)
     out: Path | None = args.out
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
@@ -377,8 +391,11 @@ def compare_graphs(args: argparse.Namespace, steps: list[str], folder: Path) -> 
     with log:
         cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
         rows: list[CheckRow] = []
+        stopped = False
         try:
             rows = check_graphs(args.data_dir, torch.device("cuda" if cuda else "cpu"), args.limit)
+        except Stopped:
+            stopped = True
         except Exception as e:  # a crash in a graph: still time the runs (subprocesses)
             failures.append(f"the check crashed: {type(e).__name__}: {e}")
         gc.collect()  # the check's graphs and tensors: give their memory back to the runs
@@ -391,7 +408,7 @@ def compare_graphs(args: argparse.Namespace, steps: list[str], folder: Path) -> 
         plan = [Run("graphs", 1, folder / "graphs-seed-1"), Run("eager", 1, folder / "eager")]
         plan += [Run("graphs", s, folder / f"graphs-seed-{s}") for s in range(2, args.seeds + 1)]
         graph_wall = 0.0
-        for run in plan:
+        for run in [] if stopped else plan:
             if run.name == "graphs" and run.seed > 1:
                 projected = time.perf_counter() - started + 1.2 * graph_wall
                 if projected > args.budget:
@@ -410,10 +427,16 @@ def compare_graphs(args: argparse.Namespace, steps: list[str], folder: Path) -> 
             except subprocess.CalledProcessError as e:
                 run.error = f"exited {e.returncode}"
                 continue
+            except Stopped:
+                stopped = True
+                run.error = "was stopped"
+                break
             run.metrics = published_metrics(run.volume, steps)
             if run.name == "graphs" and run.seed == 1:
                 graph_wall = run.wall_seconds
         failures += failures_of(rows, plan, cuda)
+        if stopped:
+            failures.append("stopped by SIGTERM (a time limit) before the end: partial results")
         done = [r for r in plan if r.metrics]
         if out is not None:
             runs_archive(done, out / "runs.tar.gz")
@@ -435,7 +458,7 @@ def compare_graphs(args: argparse.Namespace, steps: list[str], folder: Path) -> 
         lines, ratio = compare_lines(eager, graphs, final, args.target, full)
         report += lines
     else:
-        report.append("no side-by-side table: a trainer run failed (trainer.log)")
+        report.append("no side-by-side table: the eager and graphs seed-1 runs did not both finish")
     report += [f"FAILED: {f}" for f in failures]
     if ratio is not None:
         report.append(f"ratio: {ratio:.2f}")
