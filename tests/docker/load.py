@@ -70,7 +70,9 @@ def send(client: httpx.Client, kind: str, png: bytes, v2: bytes) -> dict[str, An
         record |= {"done": time.time(), "status": None, "error": f"{type(e).__name__}: {e}"}
         return record
     record |= {"done": time.time(), "status": reply.status_code}
-    record["replica"] = reply.headers.get("x-replica", "").split(",")[-1].strip()
+    # nginx lists every replica it tried, the one that answered last.
+    tried = [a.strip() for a in reply.headers.get("x-replica", "").split(",")]
+    record |= {"replica": tried[-1], "tries": len(tried)}
     if reply.status_code != 200:
         record["error"] = reply.text[:300]
     elif kind == "predict":
@@ -145,6 +147,8 @@ def analyse(
         if r.get("status") == 200:
             per_replica[r["replica"]] = per_replica.get(r["replica"], 0) + 1
     lines.append("answered per replica: " + ", ".join(f"{k} {v}" for k, v in per_replica.items()))
+    retried = [r for r in records if r.get("status") == 200 and r.get("tries", 1) > 1]
+    lines.append(f"answered after nginx retried another replica: {len(retried)}")
     for r in failed[:5]:
         problems.append(f"failed: {r['kind']} sent at {r['sent']:.3f}: {r.get('error')}")
     if not records:

@@ -145,6 +145,14 @@ def test_a_clean_run_passes() -> None:
     assert problems == []
     assert lines[0].startswith("requests: 200 in 9.9 s") and "failed: 0" in lines[0]
     assert any("replica b: last old answer to a request sent at +1.80 s" in x for x in lines)
+    assert "answered after nginx retried another replica: 0" in lines
+
+
+def test_retries_are_counted() -> None:
+    records = run_of({"a": 1.0, "b": 1.0})
+    records[7]["tries"] = 2
+    lines, problems = analyse(records, [PUBLISH], POLL, 0.5)
+    assert problems == [] and "answered after nginx retried another replica: 1" in lines
 
 
 @pytest.mark.parametrize(
