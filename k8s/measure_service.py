@@ -5,9 +5,9 @@
 Starts the service (`uvicorn service.app:app`, as the image runs it) on 127.0.0.1 on a model
 volume (train every step first: `python -m trainer run --steps all`), reads its memory once
 every published step is loaded, then sends `--requests` uploads per kind from `--clients`
-connections at once, each kind in turn: MNIST digits as 28x28 PNGs, and photo-like uploads
-(tests/service/photos.py: JPEGs and PNGs of hundreds of pixels, the expensive case), each to
-every published step in turn. It prints the process's resident memory (idle, after each kind,
+connections at once, each kind in turn: MNIST digits as 28x28 PNGs, photo-like uploads
+(tests/service/photos.py: JPEGs and PNGs of hundreds of pixels), and a tenth as many 12 MP
+phone photos (4000x3000 JPEGs, the expensive case), each to every published step in turn. It prints the process's resident memory (idle, after each kind,
 and its peak) and the CPU time one request of each kind costs (user + system, from /proc).
 Linux only (/proc); needs MNIST (MNIST_DIR) for the digits.
 """
@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 import httpx
+import numpy as np
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,6 +41,15 @@ def status_kib(pid: int, field: str) -> int:
 def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
+def phone_photo(digit: np.ndarray) -> bytes:
+    """A 4000x3000 JPEG of dark ink on slightly noisy paper: a phone camera's default."""
+    rng = np.random.default_rng(int(digit.sum()))
+    ink = np.asarray(Image.fromarray(digit).resize((1800, 1800), Image.Resampling.BILINEAR))
+    paper = np.full((3000, 4000), 235, np.float32) + rng.normal(0, 4, (3000, 4000))
+    paper[600:2400, 1100:2900] -= ink * 0.8
+    return encode(Image.fromarray(paper.clip(0, 255).astype(np.uint8)), "JPEG", quality=90)
 
 
 def load(
@@ -88,6 +98,9 @@ def main() -> None:
         ],
         "photo-like upload": [
             (p.data, p.content_type) for p in photo_like_set(digits, labels, args.requests)
+        ],
+        "12 MP phone photo": [
+            (phone_photo(d), "image/jpeg") for d in digits[: max(1, args.requests // 10)]
         ],
     }
     env = os.environ | {"MODELS_DIR": str(args.models), "PYTHONPATH": str(ROOT)}
