@@ -232,7 +232,7 @@ def readiness(name: str, version: str | None, models: ModelRegistry) -> ModelRea
 # --- health and metadata ------------------------------------------------------------------
 
 
-@router.get("", responses=errors(400))
+@router.get("")
 async def server_metadata(request: Request) -> ServerMetadata:
     """Server metadata: its name, version and protocol extensions."""
     return ServerMetadata(name="mnist-steps", version=request.app.version, extensions=EXTENSIONS)
@@ -246,7 +246,8 @@ async def server_live() -> Live:
 
 @router.get("/health/ready", responses=errors(400))
 async def server_ready(request: Request) -> Ready:
-    """Server ready: every published step is loaded, and there is at least one (as `/readyz`)."""
+    """Server ready: a step's model is loaded (as `/readyz`); the others answer 503 until the
+    trainer publishes them."""
     models = await get_models(request)
     if not models.models:
         settings = await get_settings(request)
