@@ -24,7 +24,7 @@ from fastapi import FastAPI
 from PIL import Image
 
 from service.models import ModelRegistry
-from service.routes import ops, predict, steps
+from service.routes import ops, predict, steps, v2
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -92,10 +92,11 @@ app = FastAPI(
     summary="Predict digits with each step model of the MNIST design, and read its metrics.",
     description=(
         "Steps are addressed by slug (`gap`), 1-based number (`6`) or `best` (the trained step "
-        'with the highest test accuracy). Errors are JSON `{"detail": ...}`.'
+        'with the highest test accuracy). Errors are JSON `{"detail": ...}`, except under `/v2`, '
+        'the Open Inference Protocol (KServe v2), whose errors are `{"error": ...}`.'
     ),
     version="0.1.0",
     lifespan=lifespan,
 )
-for module in (predict, steps, ops):
+for module in (predict, steps, ops, v2):
     app.include_router(module.router)

@@ -9,7 +9,7 @@ from volume import STEPS
 PREDICTIONS = Counter("mnist_predictions_total", "Images predicted, per step", ["step"])
 LATENCY = Histogram(
     "mnist_predict_seconds",
-    "Time to answer a successful /predict request (read, decode, infer), per step",
+    "Time to answer a successful /predict or /v2 infer request (read, decode, infer), per step",
     ["step"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
 )

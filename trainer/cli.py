@@ -51,6 +51,17 @@ def parse_steps(text: str) -> list[str]:
     return [s for s in STEP_SLUGS if s in chosen]
 
 
+def step_at_index(index: int) -> list[str]:
+    """The step at 0-based `index` of the catalogue: one pod of an Indexed Job trains one step,
+    given its $(JOB_COMPLETION_INDEX)."""
+    if not 0 <= index < len(STEP_SLUGS):
+        raise UnknownStepError(
+            f"step index {index}: the catalogue has {len(STEP_SLUGS)} steps, 0-"
+            f"{len(STEP_SLUGS) - 1}; an Indexed Job's completions must be {len(STEP_SLUGS)}"
+        )
+    return [STEP_SLUGS[index]]
+
+
 class RecipeError(ValueError):
     pass
 
@@ -138,7 +149,9 @@ def load_data(args: argparse.Namespace) -> MNIST:
 
 
 def cmd_run(args: argparse.Namespace) -> None:
-    steps = parse_steps(args.steps)
+    steps = (
+        step_at_index(args.step_index) if args.step_index is not None else parse_steps(args.steps)
+    )
     overrides = parse_overrides(args.set)
     device = pick_device(args.device)
     graphs = use_cuda_graphs(args.graphs, device)
@@ -267,6 +280,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="train steps, export and publish each")
     run.add_argument("--steps", default="all", help="all, or slugs/numbers: gap,scheduler or 6,7")
+    run.add_argument(
+        "--step-index",
+        type=int,
+        metavar="I",
+        help="train only the step at 0-based position I, instead of --steps: an Indexed Job's "
+        "$(JOB_COMPLETION_INDEX), one step per pod (k8s/trainer-steps-job.yaml)",
+    )
     run.add_argument("--epochs", type=int, help="override every recipe's epochs")
     run.add_argument("--limit", type=int, help="train and test on the first N images only")
     run.add_argument("--seed", type=int, help="override every recipe's seed")

@@ -16,6 +16,10 @@
 #     restart, POSTs a PNG to /predict/gap and /predict/scheduler, reads /steps/gap/summary,
 #     checks the service's user, PID 1, read-only volume and loopback-only port, and stops it
 #     gracefully;
+#  5b. with docker-compose.replicas.yml on top: REPLICAS replicas behind nginx (a stand-in built
+#     from Debian's nginx, docker/build-nginx.sh), under steady load kills one, publishes, starts
+#     it again and publishes again: no request may fail (tests/docker/replicas.sh;
+#     E2E_REPLICAS=0 skips it);
 #  6. removes the containers, network, volumes and the two images it built (E2E_KEEP_IMAGES=1
 #     keeps the images; the base image and ./wheels are kept to make the next run faster).
 #
@@ -24,6 +28,7 @@
 # published on 127.0.0.1 only. Every wait is bounded.
 #
 # Knobs (environment): E2E_STEPS (gap,scheduler), E2E_LIMIT (1000 images), E2E_KEEP_IMAGES=1,
+# E2E_REPLICAS (1: run 5b), E2E_REPLICAS_N (3), E2E_LOAD_RATE (100 requests/s), E2E_NGINX_IMAGE,
 # E2E_BASE_IMAGE (mnist-steps-base:bookworm), E2E_WHEELS (./wheels), E2E_WHEEL_PORT (18787),
 # E2E_PROJECT (mnist-steps-e2e), MNIST_DIR (the host's four IDX files), PYTHON.
 set -euo pipefail
@@ -32,6 +37,7 @@ ROOT="$PWD"
 
 PROJECT="${E2E_PROJECT:-mnist-steps-e2e}"
 BASE_IMAGE="${E2E_BASE_IMAGE:-mnist-steps-base:bookworm}"
+export NGINX_IMAGE="${E2E_NGINX_IMAGE:-mnist-steps-nginx:bookworm}"
 WHEELS="${E2E_WHEELS:-$ROOT/wheels}"
 WHEEL_PORT="${E2E_WHEEL_PORT:-18787}"
 export TRAINER_IMAGE="${PROJECT}-trainer:e2e"
@@ -133,6 +139,10 @@ DOCKER="${DOCKER[0]}" bash docker/build-base.sh "$BASE_IMAGE"
 pyver="$("${DOCKER[@]}" run --rm --network none "$BASE_IMAGE" python3 -c \
   'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')"
 echo "base image python: $pyver"
+if [[ "${E2E_REPLICAS:-1}" == 1 ]]; then
+  phase "nginx stand-in (debootstrap)"
+  DOCKER="${DOCKER[0]}" bash docker/build-nginx.sh "$NGINX_IMAGE"
+fi
 
 # --- 3. wheels on the host, served on 127.0.0.1 --------------------------------------------
 phase "wheels (pip download on the host)"
@@ -283,3 +293,9 @@ tail -3 "$tmp/service.log"
 grep -q "Waiting for application shutdown" "$tmp/service.log" && grep -q "Finished server process" "$tmp/service.log" ||
   fail "uvicorn did not log a graceful shutdown"
 echo "SIGTERM: graceful shutdown in ${took} s (exit $exit_code)"
+
+if [[ "${E2E_REPLICAS:-1}" == 1 ]]; then
+  phase "replicas behind nginx, under load"
+  # shellcheck source=tests/docker/replicas.sh
+  source tests/docker/replicas.sh
+fi

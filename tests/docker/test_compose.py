@@ -225,9 +225,11 @@ def test_readme_compose_commands_name_real_services_and_profiles() -> None:
     commands = readme_compose_commands()
     assert any(c.startswith("docker compose up trainer") for c in commands)
     assert "docker compose up -d service" in commands
-    known = services()
     for command in commands:
         words = command.split()
+        # The services of the files the command names with -f (docker-compose.yml by default).
+        files = [words[i + 1] for i, w in enumerate(words[:-1]) if w == "-f"] or [COMPOSE_FILE]
+        known = {k: v for f in files for k, v in load(ROOT / f)["services"].items()}
         verb = next((w for w in words if w in {"up", "run", "build", "ps", "down"}), None)
         assert verb, command
         after = words[words.index(verb) + 1 :]

@@ -13,11 +13,11 @@ import pytest
 import torch
 
 from tests.conftest import ROOT
-from trainer.cli import parse_overrides
+from trainer.cli import parse_overrides, step_at_index
 from trainer.data import read_mnist_folder
 from trainer.steps import get_step
 from trainer.train import fit, make_optimizer, make_scheduler
-from volume import read_index, read_version
+from volume import STEP_SLUGS, read_index, read_version
 
 
 def trainer_cli(*args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
@@ -127,6 +127,8 @@ def test_summary_command_prints_the_seed_table() -> None:
         (["run", "--steps", "gap", "--set", "lr=fast", "--data-dir", "."], "lr takes a float"),
         (["run", "--steps", "gap", "--set", "speed=2", "--data-dir", "."], "KEY one of epochs,"),
         (["run", "--steps", "gap", "--set", "nesterov=yes", "--data-dir", "."], "takes a bool"),
+        (["run", "--step-index", "99", "--data-dir", "."], "completions must be"),
+        (["run", "--step-index", "-1", "--data-dir", "."], "step index -1"),
     ],
 )
 def test_bad_input_is_one_clear_line(args: list[str], message: str, tmp_path: Path) -> None:
@@ -156,3 +158,8 @@ def test_metrics_json_is_plain_json(mnist_dir: Path, tmp_path: Path) -> None:
     metrics = json.loads((tmp_path / "gap" / version / "metrics.json").read_text())
     assert metrics["best_epoch"] == 1 and len(metrics["epochs"]) == 1
     assert metrics["verification"]["disagreements"] == 0
+
+
+def test_a_step_index_names_each_step_once_in_the_catalogues_order() -> None:
+    """What an Indexed Job's pods 0..N-1 train, given --step-index $(JOB_COMPLETION_INDEX)."""
+    assert [step_at_index(i) for i in range(len(STEP_SLUGS))] == [[s] for s in STEP_SLUGS]
