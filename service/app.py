@@ -24,7 +24,7 @@ from fastapi import FastAPI
 from PIL import Image
 
 from service.models import ModelRegistry
-from service.routes import ops, predict, steps
+from service.routes import lab, ops, predict, steps
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -97,5 +97,7 @@ app = FastAPI(
     version="0.1.0",
     lifespan=lifespan,
 )
-for module in (predict, steps, ops):
+# The lab first: its `POST /predict/all` must match before `/predict/{step}` takes "all".
+for module in (lab, predict, steps, ops):
     app.include_router(module.router)
+app.mount("/static", lab.static_files, name="static")
