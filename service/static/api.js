@@ -44,8 +44,15 @@ export function el(tag, attributes = {}, ...children) {
   return node;
 }
 
+// A shell command as code that wraps only between its words (never after the "-" of "--steps"),
+// and copies as typed.
+export function command(text, className = "") {
+  const words = text.split(" ").flatMap((w, i) => [i ? " " : "", el("span", { class: "word", text: w })]);
+  return el("code", { class: className || null }, ...words);
+}
+
 export const count = (n) => n.toLocaleString("en-US");
-export const percent = (p, digits = 1) => `${(100 * p).toFixed(digits)} %`;
+export const percent = (p, digits = 1) => `${(100 * p).toFixed(digits)}\u00a0%`; // never broken from its number
 
 // A published digit's pixels (base64 of 784 grey levels, light ink on black) as bytes.
 export function pixels(digit) {

@@ -1,9 +1,10 @@
 // The journey: every step's size and accuracy, accuracy against parameters, and per step its
 // objective, curves, layers with receptive fields, confusion matrix and mistakes gallery.
 // Charts are Chart.js (window.Chart, vendored in chart.umd.min.js).
-import { $, bestStep, count, el, getJSON, paintGrey, pixels } from "./api.js";
+import { $, bestStep, command, count, el, getJSON, paintGrey, pixels } from "./api.js";
 
 const COLOURS = { train: "#b45309", test: "#1f4fd1", ink: "#16181d", grid: "#e7e4dd" };
+const GALLERY = 30; // mistakes shown before "Show more"
 const charts = {}; // canvas id -> Chart, destroyed before it is drawn again
 let journey = { steps: [], details: new Map(), selected: null, onPickDigit: () => {} };
 
@@ -166,7 +167,7 @@ function fillTable() {
           }),
           el("td", { text: lastThree(detail.metrics) }),
         ]
-      : [el("td", { class: "untrained", colspan: 3 }, "not trained yet: ", el("code", { text: step.train_command }))];
+      : [el("td", { class: "untrained", colspan: 3 }, "not trained yet: ", command(step.train_command))];
     body.append(el("tr", { "data-step": step.slug }, el("td", { text: step.number }), name, ...cells));
   }
 }
@@ -228,7 +229,7 @@ function confusion(matrix) {
   );
 }
 
-function gallery(mistakes) {
+function gallery(mistakes, all = false) {
   const wrong = mistakes.confusion.reduce(
     (sum, row, t) => sum + row.reduce((s, n, p) => s + (p === t ? 0 : n), 0),
     0,
@@ -238,8 +239,10 @@ function gallery(mistakes) {
     `${count(wrong)} of ${count(tested)} test digits wrong at epoch ${mistakes.best_epoch}` +
     (mistakes.mistakes.length < wrong ? `; the ${mistakes.mistakes.length} it was surest of:` : ":") +
     " choose one to try it on every step.";
+  const shown = all ? mistakes.mistakes : mistakes.mistakes.slice(0, GALLERY);
+  const more = mistakes.mistakes.length - shown.length;
   $("#gallery").replaceChildren(
-    ...mistakes.mistakes.map((m) => {
+    ...shown.map((m) => {
       const canvas = el("canvas", { width: 28, height: 28, "aria-hidden": "true" });
       paintGrey(canvas, pixels(m), true);
       return el(
@@ -254,6 +257,9 @@ function gallery(mistakes) {
         el("span", { class: "fine", text: `${Math.round(100 * m.confidence)} %` }),
       );
     }),
+    more > 0
+      ? el("button", { type: "button", class: "more", text: `Show ${more} more`, onclick: () => gallery(mistakes, true) })
+      : null,
   );
 }
 
@@ -286,7 +292,7 @@ export async function select(slug, scroll = false) {
   article.classList.toggle("untrained", !detail);
   for (const part of article.querySelectorAll(".curves, h4, .table-scroll")) part.hidden = !detail;
   if (!detail) {
-    $("#detail-objective").replaceChildren("Not trained yet. Train it with ", el("code", { text: step.train_command }), ".");
+    $("#detail-objective").replaceChildren("Not trained yet. Train it with ", command(step.train_command), ".");
     $("#detail-facts").textContent = "";
     $("#mistakes-box").hidden = true;
     $("#no-mistakes").hidden = true;
@@ -302,7 +308,7 @@ export async function select(slug, scroll = false) {
     `${count(metrics.params)} parameters. Best test accuracy ${best.test_accuracy.toFixed(2)} % at epoch ` +
       `${metrics.best_epoch} of ${metrics.epochs.length} (train ${best.train_accuracy.toFixed(2)} %, ` +
       `train − test ${(best.train_accuracy - best.test_accuracy).toFixed(2)} points), trained${subset} by `,
-    el("code", { text: metrics.provenance.command }),
+    command(metrics.provenance.command),
     ".",
   );
   curves(metrics);

@@ -6,11 +6,12 @@
 // sent if it changed meanwhile, so the last drawing is always the one answered. Heatmaps
 // (one POST /explain per step) follow only once the answers are up to date, and stop as soon
 // as the input changes again.
-import { $, ApiError, bestStep, count, el, getJSON, paintGrey, percent, pixels, postImage } from "./api.js";
+import { $, ApiError, bestStep, command, count, el, getJSON, paintGrey, percent, pixels, postImage } from "./api.js";
 import { showJourney } from "./journey.js";
 
 const DEBOUNCE_MS = 120; // a stroke is answered while it is drawn, a few times a second
 const PEN = 18; // pen width on the 280-pixel pad: about MNIST's stroke once fitted into 20x20
+const HEAT_FLOOR = 0.05; // a heatmap's full colour means a drop of at least 5 points
 
 const pad = $("#pad");
 const ink = pad.getContext("2d");
@@ -40,11 +41,16 @@ function padPoint(event) {
 }
 
 function line(x0, y0, x1, y1) {
-  ink.strokeStyle = "#111";
+  ink.fillStyle = ink.strokeStyle = "#111";
   ink.lineWidth = PEN;
   ink.lineCap = "round";
-  ink.lineJoin = "round";
   ink.beginPath();
+  if (x0 === x1 && y0 === y1) {
+    // A tap: canvas draws no cap on a line of no length, so the dot is a filled circle.
+    ink.arc(x0, y0, PEN / 2, 0, 2 * Math.PI);
+    ink.fill();
+    return;
+  }
   ink.moveTo(x0, y0);
   ink.lineTo(x1, y1);
   ink.stroke();
@@ -54,6 +60,7 @@ pad.addEventListener("pointerdown", (event) => {
   if (event.pointerType === "mouse" && event.button !== 0) return;
   event.preventDefault();
   pad.setPointerCapture(event.pointerId);
+  page.pointer = event.pointerType; // mouse, pen or touch
   if (input.kind === "empty") blank();
   input = { kind: "pad", blob: null, label: null, what: "your drawing" };
   const [x, y] = padPoint(event);
@@ -265,7 +272,7 @@ function untrainedCard(step) {
     el("header", {}, el("span", { class: "num", text: step.number }), el("h3", { text: step.title })),
     el("div", { class: "params", text: step.slug }),
     el("p", { text: "Not trained yet. Train it with" }),
-    el("code", { class: "train-command", text: step.train_command }),
+    command(step.train_command, "train-command"),
   );
   return { root, explained: 0 };
 }
@@ -329,7 +336,7 @@ function showAnswers(answer, generation) {
       const bar = card.bars[d];
       bar.firstChild.style.height = `${Math.max(2, 100 * p)}%`;
       bar.lastChild.textContent = `${d}: ${percent(p)}`;
-      bar.classList.toggle("top", d === prediction.digit);
+      bar.classList.toggle("chosen", d === prediction.digit);
     });
     card.heat.classList.add("stale");
   }
@@ -360,12 +367,15 @@ function summary(predictions, label) {
 }
 
 // The 28x28 input in light grey with the sensitivity over it: red where erasing the ink
-// lowers the answer's probability, blue where it raises it; scaled to the map's largest value.
+// lowers the answer's probability, blue where it raises it; scaled to the map's largest value,
+// but never below HEAT_FLOOR, so that a step whose answer hardly moves shows a faint map,
+// not its noise blown up.
 function showHeat(card, answer) {
   const context = card.heat.getContext("2d");
   const image = context.createImageData(28, 28);
   const values = answer.sensitivity.flat();
-  const top = Math.max(1e-6, ...values.map(Math.abs));
+  const largest = Math.max(0, ...values.map(Math.abs));
+  const top = Math.max(HEAT_FLOOR, largest);
   answer.input.flat().forEach((level, i) => {
     const paper = 255 - 0.45 * level;
     const s = values[i] / top;
@@ -378,9 +388,9 @@ function showHeat(card, answer) {
   card.heat.classList.remove("stale");
   card.heat.setAttribute(
     "aria-label",
-    `heatmap of ${answer.prediction.step}: erasing its most important ink lowers its ${answer.prediction.digit} by up to ${percent(top, 0)}`,
+    `heatmap of ${answer.prediction.step}: erasing its most important ink lowers its ${answer.prediction.digit} by up to ${percent(largest, 0)}`,
   );
-  card.heatNote.textContent = `largest drop ${percent(top, 0)}`;
+  card.heatNote.textContent = `largest drop ${percent(largest, 0)}`;
 }
 
 // --- Start -----------------------------------------------------------------------------
