@@ -26,6 +26,7 @@ serve: install  ## serve $(MODELS_DIR) on http://127.0.0.1:8000
 # `make demo`: the lab page from a fresh clone. Every step trains briefly, DEMO_EPOCHS epochs
 # on the first DEMO_LIMIT images of each split (the full run: 15 epochs on all 60,000), into its
 # own volume so that it never replaces `make train`'s models; steps already there are kept.
+# Without a MNIST folder, the trainer downloads MNIST (an empty MNIST_DIR says so).
 DEMO_DIR ?= models-demo
 DEMO_EPOCHS ?= 2
 DEMO_LIMIT ?= 10000
@@ -35,8 +36,8 @@ demo: install  ## train every step briefly into $(DEMO_DIR), then serve the lab 
 	@missing=$$($(PY) -c "import sys, volume; done = volume.read_index(sys.argv[1]).steps; \
 		print(','.join(s for s in volume.STEP_SLUGS if s not in done))" $(DEMO_DIR)); \
 	if [ -n "$$missing" ]; then \
-		$(PY) -m trainer run --steps "$$missing" --epochs $(DEMO_EPOCHS) --limit $(DEMO_LIMIT) \
-			--quiet --out $(DEMO_DIR) || exit 1; \
+		MNIST_DIR="$(wildcard $(MNIST_DIR))" $(PY) -m trainer run --steps "$$missing" \
+			--epochs $(DEMO_EPOCHS) --limit $(DEMO_LIMIT) --quiet --out $(DEMO_DIR) || exit 1; \
 	fi
 	@echo; echo "  The lab: http://127.0.0.1:$(PORT)/   (Ctrl-C stops it)"; echo
 	MODELS_DIR=$(DEMO_DIR) $(VENV)/bin/uvicorn service.app:app --host 127.0.0.1 --port $(PORT)

@@ -7,10 +7,11 @@ one image at a time.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from fastapi import APIRouter, HTTPException, Request, status
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, HTMLResponse, Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 
@@ -21,11 +22,24 @@ from service.telemetry import STEP_PREDICTIONS
 from service.uploads import ACCEPTED, IMAGE_SCHEMA, read_image_request, run_on_images
 from volume import IMAGE_SIZE, MNIST_MEAN, MNIST_STD, STEPS
 
-router = APIRouter(tags=["lab"])
+router = APIRouter()
 
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
+
+
+class RevalidatedFiles(StaticFiles):
+    """Static files the browser checks on every load (`no-cache`: a 304 when unchanged).
+    Without it a browser guesses how long they stay fresh from Last-Modified, and could run an
+    older release's lab.js against this release's API."""
+
+    def file_response(self, *args: Any, **kwargs: Any) -> Response:
+        response = super().file_response(*args, **kwargs)
+        response.headers["cache-control"] = "no-cache"
+        return response
+
+
 # Mounted by the app at /static: the page's CSS, JavaScript, the vendored chart library.
-static_files = StaticFiles(directory=STATIC_DIR)
+static_files = RevalidatedFiles(directory=STATIC_DIR)
 
 ONE_IMAGE_BODY = {
     "required": True,
@@ -96,11 +110,13 @@ async def read_one_image(request: Request) -> list[tuple[str, bytes]]:
     return uploads
 
 
-@router.get("/", response_class=FileResponse, summary="The lab page")
-async def page() -> FileResponse:
+@router.get("/", response_class=HTMLResponse, summary="The lab page")
+async def page() -> Response:
     """Draw or upload a digit and every trained step answers side by side, with the journey
     of the design beside it (plain HTML, CSS and JavaScript under `/static`)."""
-    return FileResponse(STATIC_DIR / "index.html", media_type="text/html")
+    return FileResponse(
+        STATIC_DIR / "index.html", media_type="text/html", headers={"cache-control": "no-cache"}
+    )
 
 
 @router.post(

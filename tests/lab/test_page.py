@@ -7,13 +7,16 @@ exception and no failed request. Screenshots go to build/lab-screenshots/ (LAB_S
 
 from __future__ import annotations
 
+import base64
 import itertools
+import math
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
 
+from service import images
 from tests.lab.conftest import FINAL, SCREENSHOTS, UNTRAINED, open_page
 from tests.service.photos import load_mnist, render
 from volume import STEP_SLUGS
@@ -87,12 +90,9 @@ def draw_with_touch(page, lines: list[Stroke]) -> None:
 
 
 SEVEN = [[(0.25, 0.2), (0.75, 0.2), (0.45, 0.85)]]  # a 7: the top bar, then the stem
-# A 2 as a hand writes it, in one stroke: the arc, the diagonal, the base.
-TWO = [
-    [(0.30, 0.30), (0.36, 0.21), (0.47, 0.16), (0.59, 0.18), (0.67, 0.26), (0.68, 0.36),
-     (0.62, 0.47), (0.52, 0.58), (0.41, 0.69), (0.31, 0.80), (0.44, 0.80), (0.58, 0.79),
-     (0.72, 0.80)]
-]  # fmt: skip
+# A 2 as a hand writes it, in one stroke: the arc over the top, the diagonal, the base.
+ARC = [(0.5 + 0.19 * math.cos(a), 0.34 + 0.17 * math.sin(a)) for a in np.linspace(-2.8, 0.5, 12)]
+TWO = [[*ARC, (0.42, 0.64), (0.30, 0.80), (0.48, 0.79), (0.72, 0.80)]]
 
 
 def answered(page, explained: bool = False) -> None:
@@ -112,6 +112,11 @@ def canvas_pixels(page, selector: str) -> np.ndarray:
         selector,
     )
     return np.array(data, np.uint8).reshape(-1, 4)
+
+
+def exactly_as_tested(digit: dict) -> bool:
+    grey = np.frombuffer(base64.b64decode(digit["pixels"]), np.uint8).reshape(28, 28)
+    return grey.max() == 255 and images.in_mnist_form(grey.astype(np.float32))
 
 
 # --- Drawing -----------------------------------------------------------------------------
@@ -211,10 +216,12 @@ def test_the_preview_and_a_heatmap_per_step_appear(desktop, lab_url: str) -> Non
             assert desktop.locator(f'.card[data-step="{step["slug"]}"] .heat').count() == 0
             continue
         heat = canvas_pixels(desktop, f'.card[data-step="{step["slug"]}"] .heat canvas')
-        coloured = (heat[:, :3].max(1).astype(int) - heat[:, :3].min(1)) > 40
-        assert coloured.sum() > 5, f"no heatmap for {step['slug']}"
+        assert heat[:, 3].min() == 255, f"no heatmap painted for {step['slug']}"
         note = desktop.locator(f'.card[data-step="{step["slug"]}"] .heat .fine').inner_text()
         assert note.startswith("largest drop")
+        if step["slug"] == FINAL:  # a step that reads the 7 rests on some of its ink
+            coloured = (heat[:, :3].max(1).astype(int) - heat[:, :3].min(1)) > 40
+            assert coloured.sum() > 5, f"the heatmap of {step['slug']} shows nothing"
 
 
 def test_a_sample_digit_by_keyboard(desktop) -> None:
@@ -275,9 +282,11 @@ def test_the_journey_charts_and_mistakes_render(desktop, lab_url: str) -> None:
     if len(mistakes["mistakes"]) > 30:
         desktop.locator("#gallery button.more").click()
         assert gallery.count() == len(mistakes["mistakes"])
-    # A mistake goes to the pad, and every step answers it, its true label known.
-    wrong = mistakes["mistakes"][0]
-    gallery.first.click()
+    # A mistake goes to the pad, and every step answers it, its true label known. One that the
+    # service's preprocessing leaves as it is, so that the final step sees what the test saw.
+    shown = mistakes["mistakes"][: gallery.count()]
+    at, wrong = next((i, m) for i, m in enumerate(shown) if exactly_as_tested(m))
+    gallery.nth(at).click()
     answered(desktop)
     assert desktop.locator("#status").inner_text().startswith(f"True digit {wrong['label']}.")
     assert digit_of(desktop, FINAL) == str(wrong["predicted"])
@@ -343,3 +352,6 @@ def test_screenshots(request: pytest.FixtureRequest, screen: str) -> None:
     path = SCREENSHOTS / f"lab-{screen}.png"
     page.screenshot(path=str(path), full_page=True)
     assert path.stat().st_size > 50_000
+    if screen == "phone":  # what a phone shows below the pad: the answers, with heatmaps
+        page.locator(".results").evaluate("e => e.scrollIntoView({block: 'start'})")
+        page.screenshot(path=str(SCREENSHOTS / "lab-phone-screen.png"))

@@ -63,6 +63,7 @@ def test_the_page_asks_nothing_but_the_service(client: TestClient) -> None:
     """Air-gapped: every file the page loads is one of ours, and each one is served."""
     html = client.get("/").text
     assert client.get("/").headers["content-type"].startswith("text/html")
+    assert client.get("/static/lab.js").headers["cache-control"] == "no-cache"
     links = re.findall(r'(?:src|href)="([^"]+)"', html)
     assert "/static/lab.js" in links and "/static/chart.umd.min.js" in links
     for link in links:
