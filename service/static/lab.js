@@ -256,7 +256,7 @@ function trainedCard(step) {
     "article",
     { class: "card", "data-step": step.slug, "aria-label": `Step ${step.number}, ${step.title}` },
     el("header", {}, el("span", { class: "num", text: step.number }), el("h3", { text: step.title })),
-    el("div", { class: "params", text: `${step.slug} · ${count(step.params)} params · ${step.best_test_accuracy.toFixed(2)} %` }),
+    el("div", { class: "params", text: `${step.slug} · ${count(step.params)} params · test ${step.best_test_accuracy.toFixed(2)}\u00a0%` }),
     el("div", { class: "answer" }, card.digit, card.conf),
     el("ol", { class: "bars", "aria-label": "probability of each digit" }, ...bars),
     el("div", { class: "bar-labels", "aria-hidden": "true" }, ...[...Array(10).keys()].map((d) => el("span", { text: d }))),
