@@ -7,7 +7,7 @@ MNIST_DIR ?= $(firstword $(wildcard ../shared/datasets/mnist) data/mnist)
 MODELS_DIR ?= models
 export MNIST_DIR MODELS_DIR
 
-.PHONY: install train serve test lint docker-e2e bench report clean
+.PHONY: install train serve demo test lint docker-e2e bench report clean
 
 install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
@@ -22,6 +22,25 @@ train: install  ## train every step on full MNIST and publish it into $(MODELS_D
 
 serve: install  ## serve $(MODELS_DIR) on http://127.0.0.1:8000
 	$(VENV)/bin/uvicorn service.app:app --host 127.0.0.1 --port 8000
+
+# `make demo`: the lab page from a fresh clone. Every step trains briefly, DEMO_EPOCHS epochs
+# on the first DEMO_LIMIT images of each split (the full run: 15 epochs on all 60,000), into its
+# own volume so that it never replaces `make train`'s models; steps already there are kept.
+# Without a MNIST folder, the trainer downloads MNIST (an empty MNIST_DIR says so).
+DEMO_DIR ?= models-demo
+DEMO_EPOCHS ?= 2
+DEMO_LIMIT ?= 10000
+PORT ?= 8000
+
+demo: install  ## train every step briefly into $(DEMO_DIR), then serve the lab on http://127.0.0.1:$(PORT)/
+	@missing=$$($(PY) -c "import sys, volume; done = volume.read_index(sys.argv[1]).steps; \
+		print(','.join(s for s in volume.STEP_SLUGS if s not in done))" $(DEMO_DIR)); \
+	if [ -n "$$missing" ]; then \
+		MNIST_DIR="$(wildcard $(MNIST_DIR))" $(PY) -m trainer run --steps "$$missing" \
+			--epochs $(DEMO_EPOCHS) --limit $(DEMO_LIMIT) --quiet --out $(DEMO_DIR) || exit 1; \
+	fi
+	@echo; echo "  The lab: http://127.0.0.1:$(PORT)/   (Ctrl-C stops it)"; echo
+	MODELS_DIR=$(DEMO_DIR) $(VENV)/bin/uvicorn service.app:app --host 127.0.0.1 --port $(PORT)
 
 lint: install
 	$(VENV)/bin/ruff check .

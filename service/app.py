@@ -24,7 +24,7 @@ from fastapi import FastAPI
 from PIL import Image
 
 from service.models import ModelRegistry
-from service.routes import ops, predict, steps, v2
+from service.routes import lab, ops, predict, steps, v2
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -98,5 +98,7 @@ app = FastAPI(
     version="0.1.0",
     lifespan=lifespan,
 )
-for module in (predict, steps, ops, v2):
+# The lab first: its `POST /predict/all` must match before `/predict/{step}` takes "all".
+for module in (lab, predict, steps, ops, v2):
     app.include_router(module.router)
+app.mount("/static", lab.static_files, name="static")

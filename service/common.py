@@ -16,8 +16,13 @@ from service.settings import Settings
 from volume import UnknownStepError, resolve_step
 
 
+def train_command(steps: str = "all") -> str:
+    """The command that trains and publishes `steps` (what the page shows an untrained step)."""
+    return f"python -m trainer run --steps {steps}"
+
+
 def train_hint(steps: str = "all") -> str:
-    return f"run `python -m trainer run --steps {steps}` to publish it into MODELS_DIR"
+    return f"run `{train_command(steps)}` to publish it into MODELS_DIR"
 
 
 # Dependencies are coroutines: FastAPI runs a plain `def` dependency in the thread pool, a

@@ -27,7 +27,9 @@ from volume import (
     NUM_CLASSES,
     OUTPUT_NAME,
     Metrics,
+    Mistakes,
     PublishedVersion,
+    Samples,
     Summary,
     VolumeError,
     read_index,
@@ -46,6 +48,8 @@ class LoadedModel:
     summary: Summary
     metrics: Metrics
     session: ort.InferenceSession
+    mistakes: Mistakes | None = None  # None: a version published before mistakes.json
+    samples: Samples | None = None  # None: a version published before samples.json
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         """Probabilities [N,10] for normalised images [N,1,28,28]; thread-safe."""
@@ -80,7 +84,13 @@ def load_model(published: PublishedVersion, options: ort.SessionOptions) -> Load
             f"{INPUT_NAME!r} -> {OUTPUT_NAME!r}; re-export it with `python -m trainer export`"
         )
     model = LoadedModel(
-        published.step, published.version, published.summary, published.metrics, session
+        published.step,
+        published.version,
+        published.summary,
+        published.metrics,
+        session,
+        mistakes=published.mistakes,
+        samples=published.samples,
     )
     # One run now, so that a model that loads but cannot answer is never served.
     probabilities = model.predict(np.zeros((2, 1, IMAGE_SIZE, IMAGE_SIZE), np.float32))

@@ -191,10 +191,13 @@ async def run_on_images(
     uploads: list[tuple[str, bytes]],
     settings: Settings,
     work: Callable[[np.ndarray], T],
+    inline: bool = True,
 ) -> T:
     """Decode and preprocess `uploads` into the models' input [N,1,28,28], then `work(inputs)`:
     on the event loop for small images, else both in a worker thread (decoding and
-    onnxruntime release the GIL, so photos use every core)."""
+    onnxruntime release the GIL, so photos use every core). `inline=False` sends even small
+    images to the thread: for work that takes milliseconds whatever the image (every step's
+    model in turn, or an explanation's batch), which would stall the loop."""
     max_pixels, cpu = settings.max_image_pixels, request.app.state.cpu
 
     def opened_then_work(opened: list[tuple[str, Image.Image]]) -> T:
@@ -203,7 +206,7 @@ async def run_on_images(
     def all_then_work() -> T:
         return opened_then_work(open_uploads(uploads, max_pixels))
 
-    if sum(len(data) for _, data in uploads) <= INLINE_BYTES:
+    if inline and sum(len(data) for _, data in uploads) <= INLINE_BYTES:
         opened = open_uploads(uploads, max_pixels)
         if sum(image.width * image.height for _, image in opened) <= INLINE_PIXELS:
             return opened_then_work(opened)

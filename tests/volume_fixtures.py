@@ -2,7 +2,19 @@
 
 from __future__ import annotations
 
-from volume import STEPS_BY_SLUG, EpochMetrics, LayerRow, Metrics, Provenance, Summary
+from volume import (
+    STEPS_BY_SLUG,
+    Digit,
+    EpochMetrics,
+    LayerRow,
+    Metrics,
+    Mistake,
+    Mistakes,
+    Provenance,
+    Samples,
+    Summary,
+    encode_pixels,
+)
 
 
 def fake_summary(step: str) -> Summary:
@@ -32,3 +44,26 @@ def fake_metrics(step: str, accuracy: float = 98.0) -> Metrics:
         recipe={}, epochs=[epoch], best_epoch=1, best_test_accuracy=accuracy,
         provenance=provenance, verification={},
     )  # fmt: skip
+
+
+def fake_digit_pixels(seed: int = 0) -> str:
+    """A 28x28 'digit' (a vertical bar, light on black), as a Digit holds it."""
+    grey = bytearray(784)
+    for row in range(4, 24):
+        for col in range(12 + seed % 3, 15 + seed % 3):
+            grey[row * 28 + col] = 255
+    return encode_pixels(bytes(grey))
+
+
+def fake_mistakes(step: str, best_epoch: int = 1) -> Mistakes:
+    """Ten test digits of each class, all right but for one 4 taken for a 9."""
+    confusion = [[10 if t == p else 0 for p in range(10)] for t in range(10)]
+    confusion[4][4], confusion[4][9] = 9, 1
+    mistake = Mistake(index=3, label=4, predicted=9, confidence=0.8, pixels=fake_digit_pixels())
+    return Mistakes(step=step, best_epoch=best_epoch, confusion=confusion, mistakes=[mistake])
+
+
+def fake_samples() -> Samples:
+    return Samples(
+        digits=[Digit(index=i, label=i % 10, pixels=fake_digit_pixels(i)) for i in range(4)]
+    )

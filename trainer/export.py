@@ -3,6 +3,11 @@
 Export means export and verify: the ONNX file is run by onnxruntime on real MNIST test images,
 and publishing is refused unless it predicts the same digit as PyTorch for every image, with
 probabilities within ``ATOL``.
+
+The exported file then answers the whole test split once more, so that the version carries
+what the lab page shows of it: the confusion matrix and the most confident mistakes of the model
+that is served (the best epoch's weights), plus a fixed set of sample test digits. The training
+loop needs no change for it, and a re-export (`python -m trainer export`) records them too.
 """
 
 from __future__ import annotations
@@ -24,16 +29,27 @@ from trainer.summary import summarize
 from volume import (
     IMAGE_SIZE,
     INPUT_NAME,
+    MAX_MISTAKES,
+    NUM_CLASSES,
     OUTPUT_NAME,
+    Digit,
     Metrics,
+    Mistake,
+    Mistakes,
+    Samples,
     atomic_write_bytes,
     checkpoint_path,
+    encode_pixels,
     publish,
 )
 
 ATOL = 1e-4  # max |p_onnx - p_torch| over all images and classes
 VERIFY_IMAGES = 1000
 OPSET = 18
+SAMPLES_PER_DIGIT = 2  # the first test digits of each class: 20 samples
+# Test images per onnxruntime call when recording mistakes: the first step's first activation
+# is 87 KB an image, so 10,000 at once would take 0.9 GB.
+MISTAKES_BATCH = 500
 
 
 class ExportError(Exception):
@@ -101,6 +117,63 @@ def verify_onnx(model: nn.Module, onnx_bytes: bytes, images: Split) -> dict[str,
     return {"images": len(x), "max_abs_diff": max_diff, "atol": ATOL, "disagreements": disagree}
 
 
+def record_mistakes(onnx_bytes: bytes, test: Split, step: str, best_epoch: int) -> Mistakes:
+    """The exported model's confusion matrix on ``test`` and its MAX_MISTAKES most confident
+    wrong answers (ties in test order), run by onnxruntime as the service runs it."""
+    session = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
+    images = test.images.cpu()
+    probabilities = np.concatenate(
+        [
+            session.run(
+                [OUTPUT_NAME],
+                {INPUT_NAME: normalize(images[start : start + MISTAKES_BATCH]).numpy()},
+            )[0]
+            for start in range(0, len(images), MISTAKES_BATCH)
+        ]
+    )
+    labels = test.labels.cpu().numpy()
+    predicted = probabilities.argmax(1)
+    confidence = probabilities.max(1)
+    confusion = np.zeros((NUM_CLASSES, NUM_CLASSES), np.int64)
+    np.add.at(confusion, (labels, predicted), 1)
+    wrong = np.flatnonzero(predicted != labels)
+    worst = wrong[np.argsort(-confidence[wrong], kind="stable")][:MAX_MISTAKES]
+    grey = images.numpy()
+    return Mistakes(
+        step=step,
+        best_epoch=best_epoch,
+        confusion=confusion.tolist(),
+        mistakes=[
+            Mistake(
+                index=int(i),
+                label=int(labels[i]),
+                pixels=encode_pixels(grey[i].tobytes()),
+                predicted=int(predicted[i]),
+                confidence=round(float(confidence[i]), 4),
+            )
+            for i in worst
+        ],
+    )
+
+
+def pick_samples(test: Split) -> Samples:
+    """The first SAMPLES_PER_DIGIT test digits of each class, by class: the same for every step
+    and every run on the same test split."""
+    labels = test.labels.cpu().numpy()
+    grey = test.images.cpu().numpy()
+    chosen = [
+        int(i)
+        for digit in range(NUM_CLASSES)
+        for i in np.flatnonzero(labels == digit)[:SAMPLES_PER_DIGIT]
+    ]
+    return Samples(
+        digits=[
+            Digit(index=i, label=int(labels[i]), pixels=encode_pixels(grey[i].tobytes()))
+            for i in chosen
+        ]
+    )
+
+
 def save_checkpoint(
     root: Path, step: str, state: dict[str, torch.Tensor], meta: dict[str, Any]
 ) -> Path:
@@ -138,4 +211,13 @@ def export_and_publish(
     onnx_bytes = export_onnx(model)
     verification = verify_onnx(model, onnx_bytes, test)
     metrics = metrics.model_copy(update={"verification": verification})
-    return publish(root, step, onnx_bytes, summarize(model, step), metrics, keep=keep)
+    return publish(
+        root,
+        step,
+        onnx_bytes,
+        summarize(model, step),
+        metrics,
+        keep=keep,
+        mistakes=record_mistakes(onnx_bytes, test, step, metrics.best_epoch),
+        samples=pick_samples(test),
+    )

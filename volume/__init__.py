@@ -13,6 +13,11 @@ Layout of ``MODELS_DIR``::
         model.onnx                 #   "image" float32 [N,1,28,28] -> "probabilities" [N,10]
         summary.json               #   Summary: the layer table, totals, sizes, the seed-style text
         metrics.json               #   Metrics: every epoch, the best epoch, recipe, provenance
+        mistakes.json              #   Mistakes (optional): confusion matrix, wrong test digits
+        samples.json               #   Samples (optional): a fixed set of MNIST test digits
+
+The two optional files came later: versions published before them load without them, and the
+service then answers without what they hold.
 
 Publishing is atomic: a version is built under ``.staging/`` on the same file system, fsynced,
 then renamed into place; the index is rewritten to a temporary file and swapped in with
@@ -22,6 +27,8 @@ writer killed at any moment leaves the previously published versions serving.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import contextlib
 import fcntl
 import hashlib
@@ -34,7 +41,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 SCHEMA_VERSION = 1
 
@@ -46,6 +53,10 @@ MODEL_FILE = "model.onnx"
 SUMMARY_FILE = "summary.json"
 METRICS_FILE = "metrics.json"
 VERSION_FILES = (MODEL_FILE, SUMMARY_FILE, METRICS_FILE)
+MISTAKES_FILE = "mistakes.json"
+SAMPLES_FILE = "samples.json"
+OPTIONAL_FILES = (MISTAKES_FILE, SAMPLES_FILE)  # absent from versions published before them
+MAX_MISTAKES = 100  # wrong test digits kept per version, the most confident first
 
 # The ONNX graph's tensor names and the input normalisation both sides must agree on.
 INPUT_NAME = "image"
@@ -182,6 +193,75 @@ class Metrics(_Schema):
     verification: dict[str, float | int]  # how the ONNX export matched PyTorch
 
 
+def encode_pixels(grey: bytes) -> str:
+    """The text a Digit holds: 784 grey levels (uint8, row by row) in base64."""
+    return base64.b64encode(grey).decode("ascii")
+
+
+class Digit(_Schema):
+    """One MNIST test digit as MNIST stores it: light ink on black, 28x28 grey levels."""
+
+    index: int = Field(ge=0, description="its place in the test split", examples=[0])
+    label: int = Field(ge=0, le=9, description="the true digit", examples=[7])
+    # base64 of 784 bytes: a third the size of a JSON list of numbers, and decoded by the page
+    # with one call (`atob`); what `encode_pixels` makes.
+    pixels: str = Field(
+        description="base64 of the 28x28 grey levels (0 black .. 255 ink), row by row"
+    )
+
+    @field_validator("pixels")
+    @classmethod
+    def _is_28x28(cls, text: str) -> str:
+        try:
+            size = len(base64.b64decode(text, validate=True))
+        except (binascii.Error, ValueError):
+            raise ValueError("pixels is not base64") from None
+        if size != IMAGE_SIZE * IMAGE_SIZE:
+            raise ValueError(f"pixels holds {size} bytes, not {IMAGE_SIZE}x{IMAGE_SIZE}")
+        return text
+
+    def grey(self) -> bytes:
+        return base64.b64decode(self.pixels)
+
+
+class Mistake(Digit):
+    predicted: int = Field(ge=0, le=9, description="what the step answered", examples=[2])
+    confidence: float = Field(ge=0, le=1, description="its probability of `predicted`")
+
+
+class Mistakes(_Schema):
+    """A step's test-set errors at its best epoch, from the weights that were exported."""
+
+    step: str
+    best_epoch: int  # 1-based: the epoch whose weights these come from
+    confusion: list[list[int]] = Field(
+        description="10x10 counts: row = true digit, column = predicted digit"
+    )
+    # The most confident mistakes first: the ones that teach the most about the model.
+    mistakes: list[Mistake] = Field(max_length=MAX_MISTAKES)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Mistakes:
+        rows = self.confusion
+        if len(rows) != NUM_CLASSES or any(len(r) != NUM_CLASSES for r in rows):
+            raise ValueError(f"confusion is not {NUM_CLASSES}x{NUM_CLASSES}")
+        if any(n < 0 for r in rows for n in r):
+            raise ValueError("confusion has a negative count")
+        wrong = sum(rows[t][p] for t in range(NUM_CLASSES) for p in range(NUM_CLASSES) if t != p)
+        if len(self.mistakes) > wrong:
+            raise ValueError(f"{len(self.mistakes)} mistakes listed, the confusion counts {wrong}")
+        for m in self.mistakes:
+            if m.predicted == m.label or rows[m.label][m.predicted] < 1:
+                raise ValueError(f"test digit {m.index} is not a mistake of the confusion matrix")
+        return self
+
+
+class Samples(_Schema):
+    """A fixed set of MNIST test digits to try the models on (the page offers them)."""
+
+    digits: list[Digit]
+
+
 class IndexEntry(_Schema):
     version: str
     published_at: str
@@ -194,6 +274,12 @@ class Index(_Schema):
 
 
 # --- Reading ------------------------------------------------------------------------------
+
+
+def _load_optional(path: Path, schema: type[_Schema]) -> Any:
+    """A file a version may lack (OPTIONAL_FILES): None when absent; a damaged one raises,
+    as a damaged required file does, since the trainer writes all of a version's files."""
+    return _load_json(path, schema) if path.exists() else None
 
 
 def _load_json(path: Path, schema: type[_Schema]) -> Any:
@@ -237,6 +323,8 @@ class PublishedVersion:
     summary: Summary
     metrics: Metrics
     model_bytes: bytes  # read once and checked against the index, so what was checked is what runs
+    mistakes: Mistakes | None = None  # None: published before mistakes.json existed
+    samples: Samples | None = None  # None: published before samples.json existed
 
     @property
     def model_path(self) -> Path:
@@ -261,9 +349,17 @@ def read_version(root: Path, step: str, entry: IndexEntry) -> PublishedVersion:
         raise VolumeError(f"{model_path}: sha256 does not match {INDEX_FILE}; the file is corrupt")
     summary: Summary = _load_json(folder / SUMMARY_FILE, Summary)
     metrics: Metrics = _load_json(folder / METRICS_FILE, Metrics)
-    if summary.step != step or metrics.step != step:
+    mistakes: Mistakes | None = _load_optional(folder / MISTAKES_FILE, Mistakes)
+    samples: Samples | None = _load_optional(folder / SAMPLES_FILE, Samples)
+    if (
+        summary.step != step
+        or metrics.step != step
+        or (mistakes is not None and mistakes.step != step)
+    ):
         raise VolumeError(f"{folder}: files describe step {metrics.step!r}, not {step!r}")
-    return PublishedVersion(step, entry.version, folder, summary, metrics, model_bytes)
+    return PublishedVersion(
+        step, entry.version, folder, summary, metrics, model_bytes, mistakes, samples
+    )
 
 
 def read_current(root: Path, step: str, attempts: int = 3) -> PublishedVersion | None:
@@ -347,11 +443,19 @@ def new_version_name(model_sha256: str, now: datetime | None = None) -> str:
 
 
 def publish(
-    root: Path, step: str, model_onnx: bytes, summary: Summary, metrics: Metrics, keep: int = 3
+    root: Path,
+    step: str,
+    model_onnx: bytes,
+    summary: Summary,
+    metrics: Metrics,
+    keep: int = 3,
+    mistakes: Mistakes | None = None,
+    samples: Samples | None = None,
 ) -> str:
     """Publish a new immutable version of ``step`` and make it current; return its name.
 
-    Older versions beyond ``keep`` are removed, never the current one.
+    Older versions beyond ``keep`` are removed, never the current one. ``mistakes`` and
+    ``samples`` are optional files of the version (OPTIONAL_FILES).
     """
     if step not in STEPS_BY_SLUG:
         raise UnknownStepError(f"unknown step {step!r}")
@@ -364,11 +468,14 @@ def publish(
         staging.mkdir(exist_ok=True)
         build = Path(tempfile.mkdtemp(dir=staging, prefix=f"{step}-"))
         try:
-            for name, data in (
+            files = [
                 (MODEL_FILE, model_onnx),
                 (SUMMARY_FILE, _dump(summary)),
                 (METRICS_FILE, _dump(metrics)),
-            ):
+            ]
+            files += [(MISTAKES_FILE, _dump(mistakes))] if mistakes is not None else []
+            files += [(SAMPLES_FILE, _dump(samples))] if samples is not None else []
+            for name, data in files:
                 with open(build / name, "wb") as f:
                     f.write(data)
                     f.flush()

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Literal
 
-from fastapi import APIRouter
+from fastapi import APIRouter, HTTPException, status
 from fastapi.responses import PlainTextResponse, Response
 from pydantic import BaseModel, Field
 
-from service.common import ModelsDep, errors, loaded
-from volume import STEPS, Metrics, Summary
+from service.common import ErrorDetail, ModelsDep, errors, loaded, train_command
+from volume import STEPS, Metrics, Mistakes, Samples, Summary
 
 router = APIRouter()
 
@@ -22,6 +22,13 @@ class StepStatus(BaseModel):
     version: str | None = Field(examples=["20261125T161300.123456Z-3f2a9c1b"])
     params: int | None = Field(examples=[9490])
     best_test_accuracy: float | None = Field(description="percent", examples=[99.1])
+    mistakes: bool = Field(
+        description="whether its version recorded its test mistakes (`/steps/{step}/mistakes`)"
+    )
+    train_command: str = Field(
+        description="the command that trains and publishes it",
+        examples=["python -m trainer run --steps gap"],
+    )
 
 
 @router.get("/steps")
@@ -39,6 +46,8 @@ def list_steps(models: ModelsDep) -> list[StepStatus]:
                 version=model.version if model else None,
                 params=model.metrics.params if model else None,
                 best_test_accuracy=model.metrics.best_test_accuracy if model else None,
+                mistakes=model is not None and model.mistakes is not None,
+                train_command=train_command(info.slug),
             )
         )
     return answer
@@ -64,3 +73,37 @@ def step_summary(
 def step_metrics(step: str, models: ModelsDep) -> Metrics:
     """Every epoch's train/test loss and accuracy, learning rate and time; the best epoch."""
     return loaded(step, models).metrics
+
+
+@router.get(
+    "/steps/{step}/mistakes",
+    responses={
+        **errors(503),
+        404: {
+            "model": ErrorDetail,
+            "description": "unknown step, or a version published before mistakes were recorded",
+        },
+    },
+)
+def step_mistakes(step: str, models: ModelsDep) -> Mistakes:
+    """The step's confusion matrix on the test set at its best epoch, and up to 100 of the test
+    digits it got wrong (pixels, true label, answer), the most confident first."""
+    model = loaded(step, models)
+    if model.mistakes is None:
+        raise HTTPException(
+            status.HTTP_404_NOT_FOUND,
+            f"step {model.step!r} version {model.version} was published before mistakes were "
+            f"recorded; re-export it with `python -m trainer export {model.step}`",
+        )
+    return model.mistakes
+
+
+@router.get("/samples")
+def samples(models: ModelsDep) -> Samples:
+    """A fixed set of MNIST test digits (the first two of each class) to try the steps on;
+    empty when no published version carries them."""
+    for info in STEPS:
+        model = models.get(info.slug)
+        if model is not None and model.samples is not None:
+            return model.samples
+    return Samples(digits=[])

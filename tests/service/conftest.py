@@ -19,6 +19,7 @@ from onnx import TensorProto, helper, numpy_helper
 import volume
 from service.app import app
 from tests.service.photos import load_mnist
+from tests.volume_fixtures import fake_mistakes, fake_samples
 
 # Small limits, so the tests can cross them with small files.
 MAX_UPLOAD_BYTES = 300_000
@@ -117,19 +118,24 @@ def metrics_for(step: str, accuracy: float) -> volume.Metrics:
     )
 
 
-def publish(root: Path, step: str, model: bytes | None = None, accuracy: float = 90.0) -> str:
-    """Publish a fixture version of `step` the way the trainer does; return its version."""
+def publish(
+    root: Path, step: str, model: bytes | None = None, accuracy: float = 90.0, lab: bool = False
+) -> str:
+    """Publish a fixture version of `step` the way the trainer does; return its version.
+    `lab`: with the optional mistakes.json and samples.json, as the trainer writes them now."""
+    extra = {"mistakes": fake_mistakes(step), "samples": fake_samples()} if lab else {}
     return volume.publish(
-        root, step, model or random_model(), summary_for(step), metrics_for(step, accuracy)
+        root, step, model or random_model(), summary_for(step), metrics_for(step, accuracy), **extra
     )
 
 
 @pytest.fixture
 def models_dir(tmp_path: Path) -> Path:
-    """A volume where `gap` and `scheduler` are published and the other steps are not."""
+    """A volume where `gap` and `scheduler` are published and the other steps are not.
+    `scheduler` has the lab's optional files; `gap` was published before they existed."""
     root = tmp_path / "models"
     for number, step in enumerate(TRAINED):
-        publish(root, step, random_model(number), accuracy=90.0 + number)
+        publish(root, step, random_model(number), accuracy=90.0 + number, lab=step == "scheduler")
     return root
 
 

@@ -118,6 +118,8 @@ def test_steps_lists_every_step_in_order(client: TestClient) -> None:
         "version": None,
         "params": None,
         "best_test_accuracy": None,
+        "mistakes": False,
+        "train_command": "python -m trainer run --steps setup",
     }
 
 

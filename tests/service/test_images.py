@@ -189,3 +189,12 @@ def test_formats_outside_the_list_are_refused() -> None:
     Image.new("L", (32, 32)).save(tga, "TGA")
     with pytest.raises(images.UndecodableImage, match="PNG, JPEG"):
         images.decode(tga.getvalue(), MANY)
+
+
+@pytest.mark.parametrize(("height", "width"), [(1, 1), (1, 3), (4, 1), (2, 2), (3, 5)])
+def test_a_digit_of_a_few_pixels_fits_the_field(height: int, width: int) -> None:
+    """A dot or a dash, scaled up into the 20x20 box, stays inside 28x28 (it was a 500)."""
+    grey = np.zeros((40, 40), np.uint8)
+    grey[10 : 10 + height, 20 : 20 + width] = 255
+    x = images.preprocess(encode(Image.fromarray(grey), "PNG"), MANY)
+    assert x.shape == (1, 28, 28) and np.isfinite(x).all()

@@ -1,0 +1,155 @@
+"""Fixtures of the browser tests: a volume filled by the real trainer, the real app on a real
+uvicorn serving it, and Debian's Chromium driven by Playwright (nothing downloaded).
+
+The volume trains every step but the first (left untrained, so the page shows its command),
+briefly, on MNIST subsets: the middle steps on 1,500 images for one epoch (their cards and
+charts need a model, not a good one), the final step on 6,000 images for two epochs, enough
+for it to read digits drawn on the canvas. `LAB_MODELS_DIR=<a volume>` serves that volume
+instead of training one (e.g. `make demo`'s, for the README's screenshots).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT
+from tests.servers import serve
+from volume import OPTIONAL_FILES, STEP_SLUGS
+
+CHROMIUM = Path("/usr/bin/chromium")  # Debian's package `chromium` (.ci/run installs it)
+# The flags that work on this project's machines: no sandbox as root, and none of Chromium's
+# own connections, which a closed network refuses (/work/.library/env/machines/python.md).
+CHROMIUM_FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+FINAL = "scheduler"  # the assignment's final step
+UNTRAINED = STEP_SLUGS[0]  # the slowest to train; its card shows the command instead
+SCREENSHOTS = Path(os.environ.get("LAB_SCREENSHOTS", ROOT / "build" / "lab-screenshots"))
+
+pytest.importorskip("playwright", reason="the browser tests need the test extra (playwright)")
+
+
+def trainer(out: Path, mnist_dir: Path, *args: str) -> None:
+    command = [sys.executable, "-m", "trainer", "run", "--quiet", "--out", str(out), *args]
+    command += ["--data-dir", str(mnist_dir)]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=1500)
+    assert done.returncode == 0, done.stderr
+
+
+@pytest.fixture(scope="session")
+def lab_volume(tmp_path_factory: pytest.TempPathFactory, mnist_dir: Path) -> Path:
+    given = os.environ.get("LAB_MODELS_DIR")
+    if given:
+        return Path(given)
+    out = tmp_path_factory.mktemp("lab") / "models"
+    started = time.perf_counter()
+    middle = ",".join(s for s in STEP_SLUGS if s not in (UNTRAINED, FINAL))
+    trainer(out, mnist_dir, "--steps", middle, "--limit", "1500", "--epochs", "1")
+    trainer(out, mnist_dir, "--steps", FINAL, "--limit", "6000", "--epochs", "2")
+    print(f"\nlab volume trained in {time.perf_counter() - started:.0f} s", file=sys.stderr)
+    return out
+
+
+@pytest.fixture(scope="session")
+def old_volume(lab_volume: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The same volume as if published before the lab: no mistakes.json, no samples.json."""
+    copy = tmp_path_factory.mktemp("old") / "models"
+    shutil.copytree(lab_volume, copy, ignore=shutil.ignore_patterns("checkpoints", *OPTIONAL_FILES))
+    return copy
+
+
+def uvicorn(models_dir: Path, log: Path) -> Iterator[str]:
+    env = os.environ | {"MODELS_DIR": str(models_dir), "PYTHONPATH": str(ROOT)}
+    command = [sys.executable, "-m", "uvicorn", "service.app:app", "--host", "127.0.0.1"]
+    with serve(lambda port: [*command, "--port", str(port)], env, ROOT, log) as (client, _):
+        yield str(client.base_url)
+
+
+@pytest.fixture(scope="session")
+def lab_url(lab_volume: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    yield from uvicorn(lab_volume, tmp_path_factory.mktemp("logs") / "uvicorn.log")
+
+
+@pytest.fixture(scope="session")
+def old_url(old_volume: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    yield from uvicorn(old_volume, tmp_path_factory.mktemp("logs") / "uvicorn-old.log")
+
+
+@pytest.fixture(scope="session")
+def browser():
+    if not CHROMIUM.exists():
+        message = "Chromium not found: apt-get install chromium chromium-driver (as .ci/run does)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_FLAGS)
+        yield browser
+        browser.close()
+
+
+@dataclass
+class Problems:
+    """What a page must never show: console errors, uncaught exceptions, failed requests."""
+
+    seen: list[str] = field(default_factory=list)
+
+    def watch(self, page) -> None:
+        page.on("console", lambda m: m.type == "error" and self.seen.append(f"console: {m.text}"))
+        page.on("pageerror", lambda e: self.seen.append(f"uncaught: {e}"))
+        page.on("requestfailed", lambda r: self.seen.append(f"failed: {r.method} {r.url}"))
+        page.on(
+            "response",
+            lambda r: r.status >= 400 and self.seen.append(f"HTTP {r.status}: {r.url}"),
+        )
+
+
+def open_page(browser, url: str, **context_options):
+    """A fresh context and page at `url`, ready (steps, journey and samples loaded)."""
+    context = browser.new_context(**context_options)
+    page = context.new_page()
+    problems = Problems()
+    problems.watch(page)
+    page.goto(url)
+    page.wait_for_function("document.body.dataset.ready === 'true'", timeout=60_000)
+    return context, page, problems
+
+
+@pytest.fixture
+def desktop(browser, lab_url: str):
+    context, page, problems = open_page(browser, lab_url, viewport={"width": 1280, "height": 900})
+    yield page
+    context.close()
+    assert problems.seen == []
+
+
+@pytest.fixture
+def phone(browser, lab_url: str):
+    context, page, problems = open_page(
+        browser,
+        lab_url,
+        viewport={"width": 360, "height": 740},
+        device_scale_factor=2,
+        is_mobile=True,
+        has_touch=True,
+    )
+    yield page
+    context.close()
+    assert problems.seen == []
