@@ -1,6 +1,7 @@
 """The HTTP service: predictions, per-step metrics and summaries, from the model volume.
 
-Run it with `uvicorn service.app:app`; settings come from the environment (service/settings.py).
+Run it with `python -m service` (service/server.py: uvicorn with limits on slow and lying
+clients), or `uvicorn service.app:app`; settings come from the environment (service/settings.py).
 At start-up it loads every published step from MODELS_DIR and then polls the volume's index,
 swapping in new versions as the trainer publishes them. It never imports torch.
 
@@ -23,6 +24,7 @@ import anyio
 from fastapi import FastAPI
 from PIL import Image
 
+from service.limits import RequestLimits
 from service.models import ModelRegistry
 from service.routes import ops, predict, steps
 from service.settings import Settings
@@ -99,3 +101,5 @@ app = FastAPI(
 )
 for module in (predict, steps, ops):
     app.include_router(module.router)
+# Body deadlines, requests in flight, responses counted by route and code (service/limits.py).
+app.add_middleware(RequestLimits)
