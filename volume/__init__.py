@@ -9,6 +9,7 @@ Layout of ``MODELS_DIR``::
       .lock                        # writers hold an exclusive flock on it while publishing
       .staging/                    # versions being built; never read by the service
       checkpoints/<step>.pt        # the trainer's best checkpoint per step (for `trainer export`)
+      checkpoints/<step>.resume.pt # its state after the last completed epoch (for `run --resume`)
       <step>/<version>/            # one immutable published version
         model.onnx                 #   "image" float32 [N,1,28,28] -> "probabilities" [N,10]
         summary.json               #   Summary: the layer table, totals, sizes, the seed-style text
@@ -23,6 +24,7 @@ writer killed at any moment leaves the previously published versions serving.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import os
@@ -165,6 +167,9 @@ class Provenance(_Schema):
     started_at: str
     wall_seconds: float
     git_commit: str | None = None
+    # sha256 of the code that trained it (trainer/resume.py): `run --resume` skips a step
+    # whose published version has the same recipe, code and data.
+    code: dict[str, str] | None = None
 
 
 class Metrics(_Schema):
@@ -350,7 +355,8 @@ def publish(
 ) -> str:
     """Publish a new immutable version of ``step`` and make it current; return its name.
 
-    Older versions beyond ``keep`` are removed, never the current one.
+    Older versions beyond ``keep`` are removed, never the current one. On a full disk it raises
+    one VolumeError naming the volume and the bytes needed, and leaves nothing of the attempt.
     """
     if step not in STEPS_BY_SLUG:
         raise UnknownStepError(f"unknown step {step!r}")
@@ -358,16 +364,19 @@ def publish(
         raise ValueError("keep must be at least 1")
     root = Path(root)
     model_sha = hashlib.sha256(model_onnx).hexdigest()
-    with writer_lock(root):
+    files = (
+        (MODEL_FILE, model_onnx),
+        (SUMMARY_FILE, _dump(summary)),
+        (METRICS_FILE, _dump(metrics)),
+    )
+    needed = sum(len(data) for _, data in files) + 4096  # and the index, rewritten
+    with writer_lock(root), space_needed(root, f"publishing {step}", needed):
+        clean_staging(root)  # a killed writer's leftovers would take the space this needs
         staging = root / STAGING_DIR
         staging.mkdir(exist_ok=True)
         build = Path(tempfile.mkdtemp(dir=staging, prefix=f"{step}-"))
         try:
-            for name, data in (
-                (MODEL_FILE, model_onnx),
-                (SUMMARY_FILE, _dump(summary)),
-                (METRICS_FILE, _dump(metrics)),
-            ):
+            for name, data in files:
                 with open(build / name, "wb") as f:
                     f.write(data)
                     f.flush()
@@ -382,17 +391,47 @@ def publish(
         except BaseException:
             shutil.rmtree(build, ignore_errors=True)
             raise
-        index = read_index(root)
-        entry = IndexEntry(
-            version=version, published_at=datetime.now(UTC).isoformat(), model_sha256=model_sha
-        )
-        steps = dict(index.steps) | {step: entry}
-        ordered = {s: steps[s] for s in STEP_SLUGS if s in steps}
-        # The temporary index lives in staging, so what a killed writer leaves is cleaned below.
-        atomic_write_bytes(root / INDEX_FILE, _dump(Index(steps=ordered)), tmp_dir=staging)
+        try:
+            index = read_index(root)
+            entry = IndexEntry(
+                version=version, published_at=datetime.now(UTC).isoformat(), model_sha256=model_sha
+            )
+            steps = dict(index.steps) | {step: entry}
+            ordered = {s: steps[s] for s in STEP_SLUGS if s in steps}
+            # The temporary index lives in staging, so what a killed writer leaves is cleaned.
+            atomic_write_bytes(root / INDEX_FILE, _dump(Index(steps=ordered)), tmp_dir=staging)
+        except BaseException:
+            # Complete but never named by the index: no reader will look at it; free its space.
+            with contextlib.suppress(Exception):
+                named = read_index(root).steps.get(step)
+                if named is None or named.version != version:
+                    shutil.rmtree(final, ignore_errors=True)
+            raise
         _prune(root, step, keep=keep, current=version)
         clean_staging(root)
     return version
+
+
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+
+
+@contextlib.contextmanager
+def space_needed(root: Path, what: str, needed: int) -> Iterator[None]:
+    """Turn a full disk under ``root`` into one VolumeError that says what needed how much."""
+    try:
+        yield
+    except OSError as e:
+        if e.errno not in NO_SPACE:
+            raise
+        try:
+            free = f"{shutil.disk_usage(root).free:,} bytes are free"
+        except OSError:
+            free = "its free space is unknown"
+        raise VolumeError(
+            f"no space left on the model volume {root}: {what} needs about {needed:,} bytes and "
+            f"{free}; free some space there (or publish fewer versions: --keep) and run again. "
+            "The versions published before are untouched and still served"
+        ) from None
 
 
 def _prune(root: Path, step: str, keep: int, current: str) -> None:
