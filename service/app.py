@@ -28,6 +28,7 @@ from service.limits import RequestLimits
 from service.models import ModelRegistry
 from service.routes import ops, predict, steps
 from service.settings import Settings
+from service.uploads import document_limits
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +78,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         )
     app.state.settings = settings
     app.state.models = models
+    document_limits(settings)  # the OpenAPI schema says MAX_BATCH: built after this
+    app.openapi_schema = None
     # CPU-bound work beyond the number of cores only queues up and holds decoded images in
     # memory; this caps how many requests decode and infer at once.
     app.state.cpu = anyio.CapacityLimiter(len(os.sched_getaffinity(0)))

@@ -28,6 +28,7 @@ import errno
 import fcntl
 import hashlib
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator, Mapping
@@ -98,10 +99,11 @@ class UnknownStepError(KeyError):
 def resolve_step(name: str, best_accuracy: Mapping[str, float] | None = None) -> str:
     """Turn a slug, a 1-based number or ``best`` into a slug.
 
-    ``best`` needs ``best_accuracy`` (slug -> best test accuracy of the trained steps); it names
-    the trained step with the highest one, the earlier step on a tie.
+    ASCII only, any case, with spaces around it allowed: exactly what ``STEP_NAME_PATTERN``
+    matches. ``best`` needs ``best_accuracy`` (slug -> best test accuracy of the trained
+    steps); it names the trained step with the highest one, the earlier step on a tie.
     """
-    key = name.strip().lower()
+    key = name.strip(" ").lower() if name.isascii() else ""
     if key in STEPS_BY_SLUG:
         return key
     if key.isdigit() and 1 <= int(key) <= len(STEPS):
@@ -115,6 +117,21 @@ def resolve_step(name: str, best_accuracy: Mapping[str, float] | None = None) ->
     raise UnknownStepError(
         f"unknown step {name!r}: use one of {choices}, a number 1-{len(STEPS)}, or 'best'"
     )
+
+
+def _any_case(word: str) -> str:
+    return "".join(f"[{c}{c.upper()}]" if c.isalpha() else re.escape(c) for c in word)
+
+
+# The names `resolve_step` accepts, as an OpenAPI (ECMA 262) pattern: an HTTP API's schema
+# describes its path parameter with it, so that a client (or a fuzzer) knows them exactly.
+STEP_NAME_PATTERN = (
+    "^ *(?:"
+    + "|".join(_any_case(word) for word in (*STEP_SLUGS, "best"))
+    + "|0*(?:"
+    + "|".join(str(number) for number in range(len(STEPS), 0, -1))
+    + ")) *$"
+)
 
 
 # --- JSON schemas: one pydantic model per file ---------------------------------------------

@@ -8,7 +8,7 @@ from fastapi import APIRouter
 from fastapi.responses import PlainTextResponse, Response
 from pydantic import BaseModel, Field
 
-from service.common import ModelsDep, errors, loaded
+from service.common import ModelsDep, StepName, errors, loaded
 from volume import STEPS, Metrics, Summary
 
 router = APIRouter()
@@ -24,7 +24,7 @@ class StepStatus(BaseModel):
     best_test_accuracy: float | None = Field(description="percent", examples=[99.1])
 
 
-@router.get("/steps")
+@router.get("/steps", responses=errors(503))
 def list_steps(models: ModelsDep) -> list[StepStatus]:
     """Every step of the design, trained or not."""
     answer = []
@@ -53,7 +53,7 @@ def list_steps(models: ModelsDep) -> list[StepStatus]:
     },
 )
 def step_summary(
-    step: str, models: ModelsDep, format: Literal["json", "text"] = "json"
+    step: StepName, models: ModelsDep, format: Literal["json", "text"] = "json"
 ) -> Summary | Response:
     """The layer table, parameter totals and sizes; `?format=text` gives the seed's table."""
     summary = loaded(step, models).summary
@@ -61,6 +61,6 @@ def step_summary(
 
 
 @router.get("/steps/{step}/metrics", responses=errors(404, 503))
-def step_metrics(step: str, models: ModelsDep) -> Metrics:
+def step_metrics(step: StepName, models: ModelsDep) -> Metrics:
     """Every epoch's train/test loss and accuracy, learning rate and time; the best epoch."""
     return loaded(step, models).metrics

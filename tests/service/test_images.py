@@ -189,3 +189,14 @@ def test_formats_outside_the_list_are_refused() -> None:
     Image.new("L", (32, 32)).save(tga, "TGA")
     with pytest.raises(images.UndecodableImage, match="PNG, JPEG"):
         images.decode(tga.getvalue(), MANY)
+
+
+@pytest.mark.parametrize(("side", "dot"), [(28, 1), (28, 2), (28, 4), (100, 3), (320, 1)])
+def test_a_digit_of_a_few_pixels_fits_the_field(side: int, dot: int) -> None:
+    """Found by schemathesis (tests/fuzz): a dot's margin, scaled up with it, outgrew 28x28."""
+    pixels = np.full((side, side), 255, np.uint8)
+    pixels[10 : 10 + dot, 12 : 12 + dot] = 0
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    tensor = images.preprocess(buffer.getvalue(), 10**7)
+    assert tensor.shape == (1, 28, 28) and np.isfinite(tensor).all()
