@@ -1,6 +1,6 @@
 """Soak: many clients send mixed uploads and bad inputs while new versions are published.
 
-    python bench/soak.py [--seconds 180] [--clients 48] [--publish-every 3]
+    python bench/soak.py [--seconds 180] [--clients 32] [--publish-every 3]
                          [--models-dir DIR] [--mnist-dir DIR]
 
 The service runs as it does in its image (`python -m service`, production settings; only
@@ -231,7 +231,7 @@ async def load(url: str, kinds: list[Request], clients: int, seconds: float, see
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=180)
-    parser.add_argument("--clients", type=int, default=48)
+    parser.add_argument("--clients", type=int, default=32, help="at most MAX_REQUESTS (32)")
     parser.add_argument("--publish-every", type=float, default=3.0)
     parser.add_argument("--models-dir", type=Path, help="a real volume to serve (else fixtures)")
     default_mnist = os.environ.get("MNIST_DIR", str(ROOT.parent / "shared/datasets/mnist"))

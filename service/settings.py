@@ -63,10 +63,11 @@ class Settings(BaseSettings):
         gt=0,
         description="MAX_CONNECTIONS: open connections; a request on one past it gets 503",
     )
-    # Each request in flight may hold up to MAX_UPLOAD_BYTES (twice, while it is joined), so
-    # this times that bounds the memory uploads can take: 64 x 10 MiB.
+    # A request in flight holds up to MAX_UPLOAD_BYTES twice (its body's chunks, then joined),
+    # so this bounds what uploads can take: 32 x 2 x 10 MiB = 640 MiB, on top of the ~235 MB
+    # that bench/soak.py peaks at (docker-compose.yml's memory limit is sized from both).
     max_requests: int = Field(
-        64,
+        32,
         gt=0,
         description="MAX_REQUESTS: requests in flight (reading, decoding, inferring); past it "
         "503 with Retry-After, except /healthz, /readyz and /metrics",

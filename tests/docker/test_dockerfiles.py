@@ -96,7 +96,7 @@ def test_trainer_image_pins_torch_as_pyproject_does() -> None:
 def test_trainer_image_runs_every_step_into_models() -> None:
     final = parse_dockerfile(TRAINER_DOCKERFILE).final
     assert final.exec_form("ENTRYPOINT") == ["python", "-m", "trainer"]
-    assert final.exec_form("CMD") == ["run", "--steps", "all", "--device", "auto"]
+    assert final.exec_form("CMD") == ["run", "--steps", "all", "--device", "auto", "--resume"]
     assert final.env["MODELS_DIR"] == "/models"
     assert final.env["MNIST_CACHE"] == "/cache/mnist"
 
