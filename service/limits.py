@@ -9,8 +9,10 @@ on their size and on open connections) is in `service/server.py`, the service's 
   client that trickles a byte a second, or whose Content-Length promises more than it sends, is
   answered 408 and its connection closed. A deadline per read would not do: a trickle of one
   byte a second never waits long for any one read.
-- Requests in flight: past MAX_REQUESTS, a request is answered 503 with Retry-After at once,
-  without being read; /healthz, /readyz and /metrics are always answered, so that an
+- Requests in flight: a request counts once its body has arrived; past MAX_REQUESTS it is
+  answered 503 with Retry-After at once. A client still sending its body holds a connection
+  (capped by MAX_CONNECTIONS, timed by BODY_TIMEOUT), not a place among the requests that
+  decode and infer. /healthz, /readyz and /metrics are always answered, so that an
   orchestrator does not restart a service that is only busy.
 
 Cost: about 10 us a request (two wrapped callables, a timer while the body is read), a few
@@ -60,8 +62,20 @@ async def answer_json(
     await send({"type": "http.response.body", "body": body})
 
 
+def has_body(scope: Scope) -> bool:
+    for name, value in scope["headers"]:
+        if (name == b"content-length" and value != b"0") or name == b"transfer-encoding":
+            return True
+    return False
+
+
 class RequestLimits:
-    """ASGI middleware: a deadline for each request's body, a cap on requests in flight."""
+    """ASGI middleware: a deadline for each request's body, a cap on requests in flight.
+
+    A request counts as in flight once its body has arrived (at once, for one without): a
+    client still sending holds a connection (MAX_CONNECTIONS, BODY_TIMEOUT), not one of the
+    MAX_REQUESTS that decode and infer, so trickling clients cannot lock everyone else out.
+    """
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -74,28 +88,42 @@ class RequestLimits:
             counter = self._responses[(route, code)] = RESPONSES.labels(route, str(code))
         counter.inc()
 
+    def admit(self, settings: Settings, path: str) -> bool:
+        """Count one more request in flight, unless MAX_REQUESTS already are."""
+        if self.in_flight >= settings.max_requests and path not in ALWAYS_ANSWERED:
+            return False
+        self.in_flight += 1
+        IN_FLIGHT.inc()
+        return True
+
+    def busy(self, settings: Settings) -> tuple[str, dict[str, str]]:
+        """The 503's detail and headers."""
+        retry = settings.retry_after_seconds
+        detail = (
+            f"the service is answering {self.in_flight} requests, its limit (MAX_REQUESTS); "
+            f"try again in {retry} s"
+        )
+        return detail, {"retry-after": str(retry)}
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         settings: Settings = scope["app"].state.settings
-        if self.in_flight >= settings.max_requests and scope["path"] not in ALWAYS_ANSWERED:
-            retry = settings.retry_after_seconds
-            await answer_json(
-                send,
-                status.HTTP_503_SERVICE_UNAVAILABLE,
-                f"the service is answering {self.in_flight} requests, its limit (MAX_REQUESTS); "
-                f"try again in {retry} s",
-                [(b"retry-after", str(retry).encode())],
-            )
-            self.count(OVER_CAPACITY, status.HTTP_503_SERVICE_UNAVAILABLE)
-            return
-
+        body_done = not has_body(scope)
+        admitted = refused = False
+        if body_done:
+            if not self.admit(settings, scope["path"]):
+                detail, headers = self.busy(settings)
+                encoded = [(k.encode(), v.encode()) for k, v in headers.items()]
+                await answer_json(send, status.HTTP_503_SERVICE_UNAVAILABLE, detail, encoded)
+                self.count(OVER_CAPACITY, status.HTTP_503_SERVICE_UNAVAILABLE)
+                return
+            admitted = True
         deadline = anyio.current_time() + settings.body_timeout
-        body_done = False
 
         async def receive_in_time() -> Message:
-            nonlocal body_done
+            nonlocal body_done, admitted, refused
             if body_done:  # later reads only wait for a disconnect: no deadline
                 return await receive()
             try:
@@ -110,6 +138,12 @@ class RequestLimits:
                     headers={"connection": "close"},
                 ) from None
             body_done = message["type"] != "http.request" or not message.get("more_body")
+            if body_done and not admitted:  # the body is here: now it takes a place
+                if not self.admit(settings, scope["path"]):
+                    refused = True
+                    detail, headers = self.busy(settings)
+                    raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, detail, headers)
+                admitted = True
             return message
 
         code = 0
@@ -120,15 +154,14 @@ class RequestLimits:
                 code = message["status"]
             await send(message)
 
-        self.in_flight += 1
-        IN_FLIGHT.inc()
         try:
             await self.app(scope, receive_in_time, send_counted)
         except BaseException:
             code = code or status.HTTP_500_INTERNAL_SERVER_ERROR  # what uvicorn will answer
             raise
         finally:
-            self.in_flight -= 1
-            IN_FLIGHT.dec()
+            if admitted:
+                self.in_flight -= 1
+                IN_FLIGHT.dec()
             if code:
-                self.count(route_of(scope), code)
+                self.count(OVER_CAPACITY if refused else route_of(scope), code)

@@ -28,7 +28,9 @@ RESPONSES = Counter(
     "mnist_http_responses_total", "HTTP responses, by route template and status code",
     ["route", "code"],
 )  # fmt: skip
-IN_FLIGHT = Gauge("mnist_http_requests_in_flight", "HTTP requests being answered now")
+IN_FLIGHT = Gauge(
+    "mnist_http_requests_in_flight", "HTTP requests being answered now (their body received)"
+)
 # mnist_model_info{step="gap",version="2026..."} 1: which version each step serves; a swap
 # shows as the series of the new version replacing the old one's.
 SERVING = Info("mnist_model", "The published version each step is serving", ["step"])
