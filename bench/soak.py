@@ -20,8 +20,9 @@ MAX_UPLOAD_BYTES. Each has the one status it must get; any other status, or a tr
 is a failed request.
 
 It prints a table per request kind (sent, as expected, p50/p99 ms), how many versions the
-predictions came from, the service's RSS before the load, after it (3 s idle), and its peak
-(the kernel's high-water mark, VmHWM), and as its last line the failed requests and the RSS.
+predictions came from, the service's RSS before the load, after it (--idle seconds later, 3 by
+default) and at its peak (the kernel's high-water mark, VmHWM), and as its last line the failed
+requests and the RSS.
 """
 
 from __future__ import annotations
@@ -237,6 +238,7 @@ def main() -> None:
     default_mnist = os.environ.get("MNIST_DIR", str(ROOT.parent / "shared/datasets/mnist"))
     parser.add_argument("--mnist-dir", type=Path, default=Path(default_mnist))
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--idle", type=float, default=3, help="seconds after the load: RSS after")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="soak-") as tmp:
@@ -270,7 +272,7 @@ def main() -> None:
                 results = asyncio.run(load(url, kinds, args.clients, args.seconds, args.seed))
                 took = time.monotonic() - started
             published = publisher_log.read_text().split()[1:]
-            time.sleep(3)  # idle: what the load leaves behind
+            time.sleep(args.idle)  # what the load leaves behind
             sampling.set()
             sampler.join()
             after, peak = rss(server.pid)
