@@ -64,7 +64,7 @@ class Settings(BaseSettings):
         description="MAX_CONNECTIONS: open connections; a request on one past it gets 503",
     )
     # A request in flight holds up to MAX_UPLOAD_BYTES twice (its body's chunks, then joined),
-    # so this bounds what uploads can take: 32 x 2 x 10 MiB = 640 MiB, on top of the ~235 MB
+    # so this bounds what uploads can take: 32 x 2 x 10 MiB = 640 MiB, on top of the ~245 MB
     # that bench/soak.py peaks at (docker-compose.yml's memory limit is sized from both).
     max_requests: int = Field(
         32,
