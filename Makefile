@@ -21,7 +21,7 @@ train: install  ## train every step on full MNIST and publish it into $(MODELS_D
 	$(PY) -m trainer run --steps all
 
 serve: install  ## serve $(MODELS_DIR) on http://127.0.0.1:8000
-	$(VENV)/bin/uvicorn service.app:app --host 127.0.0.1 --port 8000
+	$(PY) -m service --host 127.0.0.1 --port 8000
 
 # `make demo`: the lab page from a fresh clone. Every step trains briefly, DEMO_EPOCHS epochs
 # on the first DEMO_LIMIT images of each split (the full run: 15 epochs on all 60,000), into its

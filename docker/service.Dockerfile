@@ -3,6 +3,9 @@
 #   docker build -f docker/service.Dockerfile -t mnist-steps-service .          # from the repo root
 #   docker run --rm -p 127.0.0.1:8000:8000 -v mnist-models:/models:ro mnist-steps-service
 #
+# It runs `python -m service` (service/server.py), the service's launcher: uvicorn with limits on
+# slow and lying clients.
+#
 # Two stages: `build` makes a venv holding the service and its dependencies (pip, setuptools and
 # the build of the project stay there); the final stage copies only that venv onto a clean base.
 # Both stages use the same BASE_IMAGE, so the venv's python path is the same in both.
@@ -53,4 +56,6 @@ EXPOSE 8000
 HEALTHCHECK --interval=15s --timeout=3s --start-period=20s --retries=3 \
     CMD ["python", "-c", "import urllib.request as u; u.urlopen('http://127.0.0.1:8000/healthz', timeout=2)"]
 ENTRYPOINT ["dumb-init", "--"]
-CMD ["uvicorn", "service.app:app", "--host", "0.0.0.0", "--port", "8000", "--timeout-graceful-shutdown", "20"]
+# The launcher (service/server.py): uvicorn with deadlines for slow clients' headers and bodies and
+# caps on connections and requests in flight; their settings are environment variables.
+CMD ["python", "-m", "service", "--host", "0.0.0.0", "--port", "8000", "--timeout-graceful-shutdown", "20"]

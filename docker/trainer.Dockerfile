@@ -70,4 +70,6 @@ ENV MODELS_DIR=/models \
     MNIST_CACHE=/cache/mnist
 
 ENTRYPOINT ["python", "-m", "trainer"]
-CMD ["run", "--steps", "all", "--device", "auto"]
+# --resume: a run killed (a reboot, an OOM kill, Ctrl-C) goes on from each step's last completed
+# epoch, and steps already published from this recipe, code and data are skipped.
+CMD ["run", "--steps", "all", "--device", "auto", "--resume"]

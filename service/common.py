@@ -8,12 +8,12 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import Depends, HTTPException, Request, status
+from fastapi import Depends, HTTPException, Path, Request, status
 from pydantic import BaseModel, Field
 
 from service.models import LoadedModel, ModelRegistry
 from service.settings import Settings
-from volume import UnknownStepError, resolve_step
+from volume import STEP_NAME_PATTERN, STEP_SLUGS, STEPS, UnknownStepError, resolve_step
 
 
 def train_command(steps: str = "all") -> str:
@@ -40,6 +40,19 @@ async def get_models(request: Request) -> ModelRegistry:
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 ModelsDep = Annotated[ModelRegistry, Depends(get_models)]
 
+# The `{step}` of every route that names one. The pattern documents exactly the names
+# `resolve_step` accepts, so that clients and fuzzers send real ones; it is documentation only
+# (`json_schema_extra`, not `pattern=`): an unknown name is the API's 404, not FastAPI's 422.
+StepName = Annotated[
+    str,
+    Path(
+        description=f"a slug ({', '.join(STEP_SLUGS)}), a number 1-{len(STEPS)}, or `best` "
+        "(the trained step with the highest test accuracy); any case",
+        examples=["gap", "6", "best"],
+        json_schema_extra={"pattern": STEP_NAME_PATTERN},
+    ),
+]
+
 
 class ErrorDetail(BaseModel):
     detail: str = Field(examples=["unknown step 'x': use one of setup, ..., or 'best'"])
@@ -50,10 +63,12 @@ def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
     meaning = {
         400: "a malformed multipart body, or more `file` fields than MAX_BATCH",
         404: "unknown step",
+        408: "the request body did not arrive within BODY_TIMEOUT seconds",
         413: "upload or image too large",
         415: "not an image type",
         422: "no image, or bytes that do not decode as an image, or no digit in it",
-        503: "the step is known but the trainer has not published it yet",
+        503: "the step is known but the trainer has not published it yet; or the service is "
+        "answering MAX_REQUESTS requests already (then with Retry-After)",
     }
     return {code: {"model": ErrorDetail, "description": meaning[code]} for code in codes}
 

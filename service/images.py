@@ -203,11 +203,9 @@ def mnist_form(amount: np.ndarray) -> np.ndarray:
     margin = math.ceil(1 / scale)
     first_row, first_col = max(rows[0] - margin, 0), max(cols[0] - margin, 0)
     digit = amount[first_row : rows[-1] + 1 + margin, first_col : cols[-1] + 1 + margin]
-    # At most the field: a digit of a few pixels is scaled up so much that its margin alone
-    # would overflow it (a one-pixel dot: 3x3 pixels at 20x).
-    size = tuple(
-        min(IMAGE_SIZE, max(1, round(n * scale))) for n in (digit.shape[1], digit.shape[0])
-    )
+    # A digit under 5 pixels (a dot) would grow its margin past the field: fit the whole crop.
+    scale = min(scale, IMAGE_SIZE / max(digit.shape))
+    size = (max(1, round(digit.shape[1] * scale)), max(1, round(digit.shape[0] * scale)))
     if size == (digit.shape[1], digit.shape[0]):  # the size it has: Pillow would only copy it
         fitted = digit.clip(0, None)
     else:

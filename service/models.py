@@ -21,8 +21,10 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from service import telemetry
 from volume import (
     IMAGE_SIZE,
+    INDEX_FILE,
     INPUT_NAME,
     NUM_CLASSES,
     OUTPUT_NAME,
@@ -105,7 +107,12 @@ def load_model(published: PublishedVersion, options: ort.SessionOptions) -> Load
 
 
 class ModelRegistry:
-    """The current version of every published step, refreshed from the volume's index."""
+    """The current version of every published step, refreshed from the volume's index.
+
+    What stops it from loading (an unreadable or vanished volume, a version that cannot be
+    loaded) is kept in `problems` for /readyz, and logged once when it starts and once when it
+    ends, not at every poll; meanwhile the models already loaded keep serving.
+    """
 
     def __init__(self, root: Path, threads: int = 1) -> None:
         self.root = Path(root)
@@ -113,12 +120,18 @@ class ModelRegistry:
         self._models: dict[str, LoadedModel] = {}
         # Versions are immutable, so one that failed to load will fail again: log it once.
         self._failed: set[tuple[str, str]] = set()
+        self._problems: dict[str, str] = {}  # "volume" or a step -> what is wrong with it
         self._refreshing = threading.Lock()
 
     @property
     def models(self) -> Mapping[str, LoadedModel]:
         """A snapshot: slug -> loaded model, for the steps that have one."""
         return self._models
+
+    @property
+    def problems(self) -> list[str]:
+        """What is wrong with the volume or a step's current version, now."""
+        return list(self._problems.values())
 
     def get(self, step: str) -> LoadedModel | None:
         return self._models.get(step)
@@ -127,14 +140,37 @@ class ModelRegistry:
         """Slug -> best test accuracy, as `volume.resolve_step` wants it to resolve 'best'."""
         return {s: m.metrics.best_test_accuracy for s, m in self._models.items()}
 
+    def _problem(self, key: str, problem: str | None) -> None:
+        """Record what is wrong with `key` (None: nothing); log only when that changes."""
+        before = self._problems.get(key)
+        if problem == before:
+            return
+        if problem is None:
+            del self._problems[key]
+            if key == "volume":  # a step says so itself: "serving version ..."
+                log.info("the model volume %s is readable again", self.root)
+        else:
+            self._problems[key] = problem
+            log.error("%s", problem)
+
     def refresh(self) -> list[str]:
         """Load every step whose index entry names a new version; return the steps swapped."""
         with self._refreshing:
             try:
                 index = read_index(self.root)
+                if not index.steps and not self.root.is_dir():
+                    raise VolumeError(f"{self.root} is not a folder (is the volume mounted?)")
+                if not index.steps and self._models:  # a mount vanished, an empty one in its place
+                    raise VolumeError(f"{INDEX_FILE} is gone (is the volume still mounted?)")
             except (VolumeError, OSError) as e:
-                log.error("cannot read the index, keeping the models loaded: %s", e)
+                serving = ", ".join(self._models) or "nothing"
+                self._problem(
+                    "volume",
+                    f"cannot read the index of the model volume {self.root}: {e}; "
+                    f"still serving what was loaded ({serving})",
+                )
                 return []
+            self._problem("volume", None)
             models = dict(self._models)
             swapped = []
             for step, entry in index.steps.items():
@@ -143,18 +179,25 @@ class ModelRegistry:
                     (step, entry.version) in self._failed
                 ):
                     continue
+                serving = f"still serving {current.version}" if current else "not serving it"
                 try:
                     models[step] = load_model(read_version(self.root, step, entry), self._options)
+                except OSError as e:  # unreadable now (permissions, a mount): try again later
+                    self._problem(
+                        step, f"step {step}: cannot read version {entry.version}, {serving}: {e}"
+                    )
+                    continue
                 # onnxruntime raises its own exception types for bad graphs; whatever breaks
                 # one version must not stop the other steps or the service.
                 except Exception as e:
                     self._failed.add((step, entry.version))
-                    serving = f"still serving {current.version}" if current else "not serving it"
-                    log.error(
-                        "step %s: cannot load version %s, %s: %s", step, entry.version, serving, e
+                    self._problem(
+                        step, f"step {step}: cannot load version {entry.version}, {serving}: {e}"
                     )
                     continue
+                self._problem(step, None)
                 swapped.append(step)
+                telemetry.serving(step, entry.version)
                 log.info("step %s: serving version %s", step, entry.version)
             self._models = models  # one assignment: readers see the old dict or the new one
             return swapped

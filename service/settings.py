@@ -37,3 +37,41 @@ class Settings(BaseSettings):
         1, gt=0, description="INFERENCE_THREADS: onnxruntime intra-op threads per session"
     )
     log_level: str = Field("INFO", description="LOG_LEVEL: of the service's own log lines")
+
+    # Slow, lying and too many clients (service/limits.py, service/server.py). A client that
+    # holds a connection costs a file descriptor and a task for as long as it likes, so each
+    # phase of a request has a deadline and the number of both is capped.
+    header_timeout: float = Field(
+        10.0,
+        gt=0,
+        description="HEADER_TIMEOUT: seconds for a request's headers to arrive, from connect "
+        "or from the previous response; then the connection is closed",
+    )
+    # 30 s takes the largest upload (10 MiB) at 2.8 Mbit/s, a 3 MB phone photo at 0.8 Mbit/s.
+    body_timeout: float = Field(
+        30.0,
+        gt=0,
+        description="BODY_TIMEOUT: seconds for the whole body to arrive once the headers have; "
+        "then 408 and the connection is closed",
+    )
+    # nginx's default (large_client_header_buffers 4 8k) allows 32 KiB of request head.
+    max_header_bytes: int = Field(
+        32 * 1024, gt=0, description="MAX_HEADER_BYTES: a larger request line + headers get 431"
+    )
+    max_connections: int = Field(
+        1000,
+        gt=0,
+        description="MAX_CONNECTIONS: open connections; a request on one past it gets 503",
+    )
+    # A request in flight holds up to MAX_UPLOAD_BYTES twice (its body's chunks, then joined),
+    # so this bounds what uploads can take: 32 x 2 x 10 MiB = 640 MiB, on top of the ~245 MB
+    # that bench/soak.py peaks at (docker-compose.yml's memory limit is sized from both).
+    max_requests: int = Field(
+        32,
+        gt=0,
+        description="MAX_REQUESTS: requests in flight (reading, decoding, inferring); past it "
+        "503 with Retry-After, except /healthz, /readyz and /metrics",
+    )
+    retry_after_seconds: int = Field(
+        1, ge=0, description="RETRY_AFTER_SECONDS: what a 503 for overload tells clients to wait"
+    )

@@ -36,7 +36,9 @@ IMAGE_REQUEST_BODY = {
         "multipart/form-data": {
             "schema": {
                 "type": "object",
-                "properties": {"file": {"type": "array", "items": IMAGE_SCHEMA}},
+                # At least one: an empty list is "no image" (422). maxItems is MAX_BATCH, set
+                # by `document_limits` when the app starts.
+                "properties": {"file": {"type": "array", "items": IMAGE_SCHEMA, "minItems": 1}},
                 "required": ["file"],
             }
         },
@@ -44,6 +46,13 @@ IMAGE_REQUEST_BODY = {
         "image/jpeg": {"schema": IMAGE_SCHEMA},
     },
 }
+
+
+def document_limits(settings: Settings) -> None:
+    """Put the limits this process enforces into IMAGE_REQUEST_BODY, before FastAPI first
+    builds the OpenAPI schema from it (at the first /openapi.json or /docs)."""
+    multipart = IMAGE_REQUEST_BODY["content"]["multipart/form-data"]["schema"]  # type: ignore[index]
+    multipart["properties"]["file"]["maxItems"] = settings.max_batch
 
 
 def limit_body(request: Request, max_bytes: int) -> Request:

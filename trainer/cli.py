@@ -2,7 +2,8 @@
 
 python -m trainer run --steps all                 # train every step, publish into $MODELS_DIR
 python -m trainer run --steps gap --epochs 1 --limit 5000 --data-dir ../shared/datasets/mnist
-python -m trainer run --device cuda --graphs on     # each step captured in a CUDA graph (opt-in)
+python -m trainer run --steps all --resume        # go on where a killed run stopped
+python -m trainer run --device cuda --graphs on   # each step captured in a CUDA graph (opt-in)
 python -m trainer summary setup                   # the seed-style layer table
 python -m trainer export gap                      # re-export a kept checkpoint, no training
 python -m trainer ls                              # what the model volume holds
@@ -18,6 +19,7 @@ import shlex
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, fields, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -27,6 +29,14 @@ import torch
 
 from trainer.data import MNIST, DataError, load_mnist
 from trainer.export import ExportError, export_and_publish, load_checkpoint, save_checkpoint
+from trainer.resume import (
+    Fingerprint,
+    ResumeError,
+    load_state,
+    published_differences,
+    remove_state,
+    save_state,
+)
 from trainer.steps import Recipe, count_params, get_step
 from trainer.summary import summarize
 from trainer.train import fit
@@ -148,6 +158,31 @@ def load_data(args: argparse.Namespace) -> MNIST:
     return load_mnist(args.data_dir, cache)
 
 
+def published_match(root: Path, wanted: Fingerprint) -> str | None:
+    """The published version of `wanted.step` if its run had the same recipe, code and data."""
+    entry = read_index(root).steps.get(wanted.step)
+    if entry is None:
+        return None
+    try:
+        metrics = read_version(root, wanted.step, entry).metrics
+    except VolumeError:
+        return None  # damaged: train it again
+    return None if published_differences(metrics, wanted) else entry.version
+
+
+def epoch_saver(
+    root: Path, wanted: Fingerprint, started: str, since: float
+) -> Callable[[dict[str, Any]], None]:
+    """What `fit` calls after each epoch: save the resume state, with the run's start and wall
+    time so far (a resumed run's provenance counts the time of the runs before it)."""
+
+    def save(snapshot: dict[str, Any]) -> None:
+        extra = {"started_at": started, "wall_seconds": time.perf_counter() - since}
+        save_state(root, wanted, snapshot, extra)
+
+    return save
+
+
 def cmd_run(args: argparse.Namespace) -> None:
     steps = (
         step_at_index(args.step_index) if args.step_index is not None else parse_steps(args.steps)
@@ -167,14 +202,36 @@ def cmd_run(args: argparse.Namespace) -> None:
             recipe = replace(recipe, epochs=args.epochs)
         if args.seed is not None:
             recipe = replace(recipe, seed=args.seed)
+        wanted = Fingerprint.of(slug, recipe, mnist.checksums, args.limit, device.type)
+        heading = f"== {step.info.number}. {slug}"
+        state = None
+        if args.resume:
+            published = published_match(args.out, wanted)
+            if published is not None:
+                print(
+                    f"{heading}: skipped: published version {published} was trained from this "
+                    "recipe, code and data",
+                    file=sys.stderr,
+                )
+                continue
+            state = load_state(args.out, wanted)  # None, or refused if another run saved it
+        else:
+            remove_state(args.out, slug)
         torch.manual_seed(recipe.seed)
         model = step.build().to(device)
-        started, start = datetime.now(UTC).isoformat(timespec="seconds"), time.perf_counter()
-        print(f"== {step.info.number}. {slug}: {count_params(model):,} params", file=sys.stderr)
+        if state is None:
+            started, earlier = datetime.now(UTC).isoformat(timespec="seconds"), 0.0
+            print(f"{heading}: {count_params(model):,} params", file=sys.stderr)
+        else:
+            started, earlier = state["started_at"], state["wall_seconds"]
+            done = len(state["history"])
+            print(f"{heading}: resuming after epoch {done} of {recipe.epochs}", file=sys.stderr)
+        since = time.perf_counter() - earlier  # wall time counts the runs before a kill
+        save = epoch_saver(args.out, wanted, started, since)
         bar = not args.quiet and sys.stderr.isatty()
         result = fit(
-            model, train, test, recipe, progress=bar, name=slug, log=not args.quiet,
-            cuda_graphs=graphs,
+            model, train, test, recipe, bar, slug, not args.quiet,
+            resume=state, save=save, cuda_graphs=graphs,
         )  # fmt: skip
         provenance = Provenance(
             command=command,
@@ -184,9 +241,10 @@ def cmd_run(args: argparse.Namespace) -> None:
             data=mnist.checksums,
             limit=args.limit,
             started_at=started,
-            wall_seconds=round(time.perf_counter() - start, 2),
+            wall_seconds=round(time.perf_counter() - since, 2),
             git_commit=commit,
             cuda_graphs=result.cuda_graphs,
+            code=wanted.code,
         )
         metrics = Metrics(
             step=slug,
@@ -203,6 +261,7 @@ def cmd_run(args: argparse.Namespace) -> None:
         )
         save_checkpoint(args.out, slug, result.best_state, {"metrics": metrics.model_dump()})
         version = export_and_publish(args.out, slug, result.best_state, metrics, test, args.keep)
+        remove_state(args.out, slug)  # published: nothing left to resume
         print(
             f"published {slug} {version}: best test accuracy {result.best.test_accuracy:.2f}% "
             f"(epoch {result.best_epoch})",
@@ -306,6 +365,19 @@ def build_parser() -> argparse.ArgumentParser:
         "recipes; a step that cannot be captured trains eagerly and says why). Default off: "
         "not yet measured on a GPU; auto uses graphs only where CUDA is",
     )
+    again = run.add_mutually_exclusive_group()
+    again.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue each step from its last completed epoch (checkpoints/<step>.resume.pt) "
+        "and skip steps whose published version has this recipe, code and data",
+    )
+    again.add_argument(
+        "--fresh",
+        action="store_true",
+        help="start every step from its first epoch, discarding resume states (the default "
+        "without --resume)",
+    )
     run.add_argument("--quiet", action="store_true", help="no progress bar, no epoch lines")
     volume_args(run)
     data_args(run)
@@ -338,7 +410,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (DataError, ExportError, VolumeError, UnknownStepError, RecipeError) as e:
+    except (DataError, ExportError, VolumeError, UnknownStepError, RecipeError, ResumeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

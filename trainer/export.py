@@ -41,6 +41,7 @@ from volume import (
     checkpoint_path,
     encode_pixels,
     publish,
+    space_needed,
 )
 
 ATOL = 1e-4  # max |p_onnx - p_torch| over all images and classes
@@ -181,7 +182,8 @@ def save_checkpoint(
     buffer = io.BytesIO()
     torch.save({"step": step, "state_dict": state, **meta}, buffer)
     path = checkpoint_path(root, step)
-    atomic_write_bytes(path, buffer.getvalue())
+    with space_needed(root, f"the checkpoint of {step}", len(buffer.getvalue())):
+        atomic_write_bytes(path, buffer.getvalue())
     return path
 
 

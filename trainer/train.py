@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -11,6 +13,7 @@ from torch import nn
 from tqdm import tqdm
 
 from trainer.data import Split, batches
+from trainer.resume import restore, snapshot
 from trainer.steps import Recipe
 from volume import EpochMetrics
 
@@ -125,25 +128,31 @@ def fit(
     progress: bool = True,
     name: str = "",
     log: bool = True,
+    resume: dict[str, Any] | None = None,
+    save: Callable[[dict[str, Any]], None] | None = None,
     cuda_graphs: bool = False,
 ) -> FitResult:
     """Train for ``recipe.epochs`` epochs, testing after each; keep the best by test accuracy.
 
-    A later epoch must beat the best strictly, so ties keep the earlier checkpoint. With
+    A later epoch must beat the best strictly, so ties keep the earlier checkpoint. After each
+    epoch, ``save`` (if given) gets everything needed to go on from there (trainer/resume.py);
+    ``resume``, such a snapshot, continues a run after the last epoch it completed. With
     ``cuda_graphs`` each training and test step is captured once and replayed (on CUDA, for
     SGD recipes; otherwise one line says why and this loop runs as it is).
     """
     optimizer = make_optimizer(model, recipe)
     steps_per_epoch = -(-len(train) // recipe.batch_size)
     scheduler = make_scheduler(optimizer, recipe, steps_per_epoch)
+    history: list[EpochMetrics] = []
+    best_epoch, best_state = 0, dict[str, torch.Tensor]()
+    if resume is not None:
+        history, best_epoch, best_state = restore(resume, model, optimizer, scheduler)
     graphed = None
-    if cuda_graphs:
+    if cuda_graphs:  # after restoring: the graph takes over the optimizer's buffers and step
         from trainer.graphs import graph_trainer  # it builds on this module
 
         graphed = graph_trainer(model, train, test, recipe, optimizer, scheduler, name, log)
-    history: list[EpochMetrics] = []
-    best_epoch, best_state = 0, dict[str, torch.Tensor]()
-    for epoch in range(1, recipe.epochs + 1):
+    for epoch in range(len(history) + 1, recipe.epochs + 1):
         start = time.perf_counter()
         desc = f"{name} {epoch}/{recipe.epochs}"
         if graphed is None:
@@ -170,6 +179,8 @@ def fit(
         if not best_state or test_acc > history[best_epoch - 1].test_accuracy:
             best_epoch = epoch
             best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        if save is not None:  # before the epoch's line: a logged epoch is never lost
+            save(snapshot(model, optimizer, scheduler, history, best_epoch, best_state))
         if log:
             tqdm.write(
                 f"{name} epoch {epoch:2d}: train loss {train_loss:.4f} acc {train_acc:.2f}% | "

@@ -9,6 +9,7 @@ Layout of ``MODELS_DIR``::
       .lock                        # writers hold an exclusive flock on it while publishing
       .staging/                    # versions being built; never read by the service
       checkpoints/<step>.pt        # the trainer's best checkpoint per step (for `trainer export`)
+      checkpoints/<step>.resume.pt # its state after the last completed epoch (for `run --resume`)
       <step>/<version>/            # one immutable published version
         model.onnx                 #   "image" float32 [N,1,28,28] -> "probabilities" [N,10]
         summary.json               #   Summary: the layer table, totals, sizes, the seed-style text
@@ -30,9 +31,11 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import errno
 import fcntl
 import hashlib
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator, Mapping
@@ -107,10 +110,11 @@ class UnknownStepError(KeyError):
 def resolve_step(name: str, best_accuracy: Mapping[str, float] | None = None) -> str:
     """Turn a slug, a 1-based number or ``best`` into a slug.
 
-    ``best`` needs ``best_accuracy`` (slug -> best test accuracy of the trained steps); it names
-    the trained step with the highest one, the earlier step on a tie.
+    ASCII only, any case, with spaces around it allowed: exactly what ``STEP_NAME_PATTERN``
+    matches. ``best`` needs ``best_accuracy`` (slug -> best test accuracy of the trained
+    steps); it names the trained step with the highest one, the earlier step on a tie.
     """
-    key = name.strip().lower()
+    key = name.strip(" ").lower() if name.isascii() else ""
     if key in STEPS_BY_SLUG:
         return key
     if key.isdigit() and 1 <= int(key) <= len(STEPS):
@@ -124,6 +128,21 @@ def resolve_step(name: str, best_accuracy: Mapping[str, float] | None = None) ->
     raise UnknownStepError(
         f"unknown step {name!r}: use one of {choices}, a number 1-{len(STEPS)}, or 'best'"
     )
+
+
+def _any_case(word: str) -> str:
+    return "".join(f"[{c}{c.upper()}]" if c.isalpha() else re.escape(c) for c in word)
+
+
+# The names `resolve_step` accepts, as an OpenAPI (ECMA 262) pattern: an HTTP API's schema
+# describes its path parameter with it, so that a client (or a fuzzer) knows them exactly.
+STEP_NAME_PATTERN = (
+    "^ *(?:"
+    + "|".join(_any_case(word) for word in (*STEP_SLUGS, "best"))
+    + "|0*(?:"
+    + "|".join(str(number) for number in range(len(STEPS), 0, -1))
+    + ")) *$"
+)
 
 
 # --- JSON schemas: one pydantic model per file ---------------------------------------------
@@ -177,6 +196,9 @@ class Provenance(_Schema):
     wall_seconds: float
     git_commit: str | None = None
     cuda_graphs: bool = False  # the training steps ran as captured CUDA graphs (trainer/graphs.py)
+    # sha256 of the code that trained it (trainer/resume.py): `run --resume` skips a step
+    # whose published version has the same recipe, code and data.
+    code: dict[str, str] | None = None
 
 
 class Metrics(_Schema):
@@ -455,7 +477,8 @@ def publish(
     """Publish a new immutable version of ``step`` and make it current; return its name.
 
     Older versions beyond ``keep`` are removed, never the current one. ``mistakes`` and
-    ``samples`` are optional files of the version (OPTIONAL_FILES).
+    ``samples`` are optional files of the version (OPTIONAL_FILES). On a full disk it raises
+    one VolumeError naming the volume and the bytes needed, and leaves nothing of the attempt.
     """
     if step not in STEPS_BY_SLUG:
         raise UnknownStepError(f"unknown step {step!r}")
@@ -463,18 +486,20 @@ def publish(
         raise ValueError("keep must be at least 1")
     root = Path(root)
     model_sha = hashlib.sha256(model_onnx).hexdigest()
-    with writer_lock(root):
+    files = [
+        (MODEL_FILE, model_onnx),
+        (SUMMARY_FILE, _dump(summary)),
+        (METRICS_FILE, _dump(metrics)),
+    ]
+    files += [(MISTAKES_FILE, _dump(mistakes))] if mistakes is not None else []
+    files += [(SAMPLES_FILE, _dump(samples))] if samples is not None else []
+    needed = sum(len(data) for _, data in files) + 4096  # and the index, rewritten
+    with writer_lock(root), space_needed(root, f"publishing {step}", needed):
+        clean_staging(root)  # a killed writer's leftovers would take the space this needs
         staging = root / STAGING_DIR
         staging.mkdir(exist_ok=True)
         build = Path(tempfile.mkdtemp(dir=staging, prefix=f"{step}-"))
         try:
-            files = [
-                (MODEL_FILE, model_onnx),
-                (SUMMARY_FILE, _dump(summary)),
-                (METRICS_FILE, _dump(metrics)),
-            ]
-            files += [(MISTAKES_FILE, _dump(mistakes))] if mistakes is not None else []
-            files += [(SAMPLES_FILE, _dump(samples))] if samples is not None else []
             for name, data in files:
                 with open(build / name, "wb") as f:
                     f.write(data)
@@ -490,17 +515,47 @@ def publish(
         except BaseException:
             shutil.rmtree(build, ignore_errors=True)
             raise
-        index = read_index(root)
-        entry = IndexEntry(
-            version=version, published_at=datetime.now(UTC).isoformat(), model_sha256=model_sha
-        )
-        steps = dict(index.steps) | {step: entry}
-        ordered = {s: steps[s] for s in STEP_SLUGS if s in steps}
-        # The temporary index lives in staging, so what a killed writer leaves is cleaned below.
-        atomic_write_bytes(root / INDEX_FILE, _dump(Index(steps=ordered)), tmp_dir=staging)
+        try:
+            index = read_index(root)
+            entry = IndexEntry(
+                version=version, published_at=datetime.now(UTC).isoformat(), model_sha256=model_sha
+            )
+            steps = dict(index.steps) | {step: entry}
+            ordered = {s: steps[s] for s in STEP_SLUGS if s in steps}
+            # The temporary index lives in staging, so what a killed writer leaves is cleaned.
+            atomic_write_bytes(root / INDEX_FILE, _dump(Index(steps=ordered)), tmp_dir=staging)
+        except BaseException:
+            # Complete but never named by the index: no reader will look at it; free its space.
+            with contextlib.suppress(Exception):
+                named = read_index(root).steps.get(step)
+                if named is None or named.version != version:
+                    shutil.rmtree(final, ignore_errors=True)
+            raise
         _prune(root, step, keep=keep, current=version)
         clean_staging(root)
     return version
+
+
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+
+
+@contextlib.contextmanager
+def space_needed(root: Path, what: str, needed: int) -> Iterator[None]:
+    """Turn a full disk under ``root`` into one VolumeError that says what needed how much."""
+    try:
+        yield
+    except OSError as e:
+        if e.errno not in NO_SPACE:
+            raise
+        try:
+            free = f"{shutil.disk_usage(root).free:,} bytes are free"
+        except OSError:
+            free = "its free space is unknown"
+        raise VolumeError(
+            f"no space left on the model volume {root}: {what} needs about {needed:,} bytes and "
+            f"{free}; free some space there (or publish fewer versions: --keep) and run again. "
+            "The versions published before are untouched and still served"
+        ) from None
 
 
 def _prune(root: Path, step: str, keep: int, current: str) -> None:

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, Field, TypeAdapter
 
-from service.common import errors, get_models, get_settings, loaded
+from service.common import StepName, errors, get_models, get_settings, loaded
 from service.models import LoadedModel
 from service.telemetry import STEP_LATENCY, STEP_PREDICTIONS
 from service.uploads import IMAGE_REQUEST_BODY, read_image_request, run_on_images
@@ -55,10 +55,10 @@ PREDICTION_LIST = TypeAdapter(list[Prediction])
 @router.post(
     "/predict/{step}",
     response_model=Prediction | list[Prediction],
-    responses=errors(400, 404, 413, 415, 422, 503),
+    responses=errors(400, 404, 408, 413, 415, 422, 503),
     openapi_extra={"requestBody": IMAGE_REQUEST_BODY},
 )
-async def predict(step: str, request: Request) -> Response:
+async def predict(step: StepName, request: Request) -> Response:
     """The digit in an image (a photo, a drawing, or a 28x28 MNIST image)."""
     started = time.perf_counter()
     # Read straight from the app's state: resolving these two as dependencies, as the other

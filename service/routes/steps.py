@@ -8,7 +8,7 @@ from fastapi import APIRouter, HTTPException, status
 from fastapi.responses import PlainTextResponse, Response
 from pydantic import BaseModel, Field
 
-from service.common import ErrorDetail, ModelsDep, errors, loaded, train_command
+from service.common import ErrorDetail, ModelsDep, StepName, errors, loaded, train_command
 from volume import STEPS, Metrics, Mistakes, Samples, Summary
 
 router = APIRouter()
@@ -31,7 +31,7 @@ class StepStatus(BaseModel):
     )
 
 
-@router.get("/steps")
+@router.get("/steps", responses=errors(503))
 def list_steps(models: ModelsDep) -> list[StepStatus]:
     """Every step of the design, trained or not."""
     answer = []
@@ -62,7 +62,7 @@ def list_steps(models: ModelsDep) -> list[StepStatus]:
     },
 )
 def step_summary(
-    step: str, models: ModelsDep, format: Literal["json", "text"] = "json"
+    step: StepName, models: ModelsDep, format: Literal["json", "text"] = "json"
 ) -> Summary | Response:
     """The layer table, parameter totals and sizes; `?format=text` gives the seed's table."""
     summary = loaded(step, models).summary
@@ -70,7 +70,7 @@ def step_summary(
 
 
 @router.get("/steps/{step}/metrics", responses=errors(404, 503))
-def step_metrics(step: str, models: ModelsDep) -> Metrics:
+def step_metrics(step: StepName, models: ModelsDep) -> Metrics:
     """Every epoch's train/test loss and accuracy, learning rate and time; the best epoch."""
     return loaded(step, models).metrics
 
@@ -85,7 +85,7 @@ def step_metrics(step: str, models: ModelsDep) -> Metrics:
         },
     },
 )
-def step_mistakes(step: str, models: ModelsDep) -> Mistakes:
+def step_mistakes(step: StepName, models: ModelsDep) -> Mistakes:
     """The step's confusion matrix on the test set at its best epoch, and up to 100 of the test
     digits it got wrong (pixels, true label, answer), the most confident first."""
     model = loaded(step, models)

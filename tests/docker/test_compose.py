@@ -239,3 +239,50 @@ def test_readme_compose_commands_name_real_services_and_profiles() -> None:
         for name in named:
             for profile in known[name].get("profiles", []):
                 assert f"--profile {profile}" in command, f"{command!r} lacks --profile {profile}"
+
+
+# --- hardening and limits (issue 16) ---------------------------------------------------------
+
+SOAK_PEAK_MB = 245  # bench/soak.py's peak RSS of the service (README "Reliability")
+
+
+def megabytes(size: str) -> float:
+    number, unit = re.fullmatch(r"(\d+(?:\.\d+)?)([kmg]?)b?", size.lower()).groups()  # type: ignore[union-attr]
+    return float(number) * {"": 1 / 2**20, "k": 1 / 1024, "m": 1, "g": 1024}[unit]
+
+
+def test_service_has_no_capabilities_and_cannot_gain_privileges() -> None:
+    service = services()["service"]
+    assert service["cap_drop"] == ["ALL"]
+    assert "cap_add" not in service and not service.get("privileged")
+    assert "no-new-privileges:true" in service["security_opt"]
+    assert service.get("read_only") is True
+
+
+def test_service_limits_fit_the_soak_and_the_settings() -> None:
+    """The memory limit holds the soak's peak plus every upload MAX_REQUESTS can hold at once
+    (each body twice, its chunks then joined); open files hold MAX_CONNECTIONS sockets."""
+    from service.settings import Settings
+
+    service, settings = services()["service"], Settings()
+    uploads_mb = settings.max_requests * 2 * settings.max_upload_bytes / 2**20
+    assert megabytes(str(service["mem_limit"])) >= SOAK_PEAK_MB + uploads_mb
+    assert float(service["cpus"]) >= 1
+    assert int(service["pids_limit"]) >= 100  # uvicorn, 40 pool threads, onnxruntime's
+    assert int(service["ulimits"]["nofile"]) > settings.max_connections + 100
+
+
+@pytest.mark.parametrize("name", TRAINERS)
+def test_trainers_run_as_the_images_non_root_user(name: str) -> None:
+    trainer = services()[name]
+    assert "user" not in trainer and not trainer.get("privileged") and "cap_add" not in trainer
+    user = parse_dockerfile(TRAINER_DOCKERFILE).final.last("USER")
+    assert user is not None and user.args.split(":")[0] not in {"0", "root"}
+
+
+def test_compose_keeps_the_hardening_and_limits() -> None:
+    service = compose_config()["services"]["service"]
+    assert service["cap_drop"] == ["ALL"]
+    assert "no-new-privileges:true" in service["security_opt"]
+    assert megabytes(str(service["mem_limit"])) >= 1024  # 1.29 prints "1g", v2 bytes
+    assert str(service["ulimits"]["nofile"]) in ("4096", "{'soft': 4096, 'hard': 4096}")

@@ -96,7 +96,7 @@ def test_trainer_image_pins_torch_as_pyproject_does() -> None:
 def test_trainer_image_runs_every_step_into_models() -> None:
     final = parse_dockerfile(TRAINER_DOCKERFILE).final
     assert final.exec_form("ENTRYPOINT") == ["python", "-m", "trainer"]
-    assert final.exec_form("CMD") == ["run", "--steps", "all", "--device", "auto"]
+    assert final.exec_form("CMD") == ["run", "--steps", "all", "--device", "auto", "--resume"]
     assert final.env["MODELS_DIR"] == "/models"
     assert final.env["MNIST_CACHE"] == "/cache/mnist"
 
@@ -124,7 +124,7 @@ def test_service_image_healthcheck_and_signals() -> None:
     # An init as PID 1 forwards SIGTERM to uvicorn, its child, for a graceful shutdown.
     assert final.exec_form("ENTRYPOINT") == ["dumb-init", "--"]
     cmd = final.exec_form("CMD")
-    assert cmd[:2] == ["uvicorn", "service.app:app"]
+    assert cmd[:3] == ["python", "-m", "service"]  # the launcher, with its limits on clients
     assert cmd[cmd.index("--port") + 1] == "8000"
     assert "--timeout-graceful-shutdown" in cmd
     assert [e.args for e in final.all("EXPOSE")] == ["8000"]

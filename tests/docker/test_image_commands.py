@@ -46,7 +46,17 @@ def image_env(path: Path, **overrides: str) -> dict[str, str]:
 def trained(tmp_path_factory: pytest.TempPathFactory, mnist_dir: Path) -> tuple[Path, str]:
     """The trainer image's command, run into an empty volume; the volume and the log."""
     argv = parse_dockerfile(TRAINER_DOCKERFILE).argv
-    assert argv == ["python", "-m", "trainer", "run", "--steps", "all", "--device", "auto"]
+    assert argv == [
+        "python",
+        "-m",
+        "trainer",
+        "run",
+        "--steps",
+        "all",
+        "--device",
+        "auto",
+        "--resume",
+    ]
     volume = tmp_path_factory.mktemp("models")
     env = image_env(
         TRAINER_DOCKERFILE,

@@ -192,9 +192,20 @@ def test_formats_outside_the_list_are_refused() -> None:
 
 
 @pytest.mark.parametrize(("height", "width"), [(1, 1), (1, 3), (4, 1), (2, 2), (3, 5)])
-def test_a_digit_of_a_few_pixels_fits_the_field(height: int, width: int) -> None:
+def test_a_light_dot_on_black_fits_the_field(height: int, width: int) -> None:
     """A dot or a dash, scaled up into the 20x20 box, stays inside 28x28 (it was a 500)."""
     grey = np.zeros((40, 40), np.uint8)
     grey[10 : 10 + height, 20 : 20 + width] = 255
     x = images.preprocess(encode(Image.fromarray(grey), "PNG"), MANY)
     assert x.shape == (1, 28, 28) and np.isfinite(x).all()
+
+
+@pytest.mark.parametrize(("side", "dot"), [(28, 1), (28, 2), (28, 4), (100, 3), (320, 1)])
+def test_a_digit_of_a_few_pixels_fits_the_field(side: int, dot: int) -> None:
+    """Found by schemathesis (tests/fuzz): a dot's margin, scaled up with it, outgrew 28x28."""
+    pixels = np.full((side, side), 255, np.uint8)
+    pixels[10 : 10 + dot, 12 : 12 + dot] = 0
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    tensor = images.preprocess(buffer.getvalue(), 10**7)
+    assert tensor.shape == (1, 28, 28) and np.isfinite(tensor).all()

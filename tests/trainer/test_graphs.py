@@ -305,7 +305,9 @@ def test_fit_with_cuda_graphs_on_the_cpu_says_why_and_runs_the_plain_loop(
         torch.manual_seed(1)
         model = get_step("gap").build()
         train, test = mnist.train.head(150), mnist.test.head(50)
-        results.append(fit(model, train, test, recipe, False, "gap", False, cuda_graphs))
+        results.append(
+            fit(model, train, test, recipe, False, "gap", False, cuda_graphs=cuda_graphs)
+        )
     plain, asked = ([e.model_copy(update={"seconds": 0}) for e in r.epochs] for r in results)
     assert asked == plain and not results[1].cuda_graphs
     assert capsys.readouterr().err.splitlines() == [
@@ -324,7 +326,9 @@ def test_fit_trains_through_the_graph_path_when_capture_works(
     for cuda_graphs in (False, True):
         torch.manual_seed(1)
         model = get_step("batchnorm").build()
-        results.append(fit(model, train, test, recipe, False, "batchnorm", True, cuda_graphs))
+        results.append(
+            fit(model, train, test, recipe, False, "batchnorm", True, cuda_graphs=cuda_graphs)
+        )
     plain, graphed = results
     assert graphed.cuda_graphs and not plain.cuda_graphs
     assert_same_run(

@@ -1,0 +1,5 @@
+"""`python -m service`: serve the model volume with uvicorn and the launcher's limits."""
+
+from service.server import main
+
+main()
