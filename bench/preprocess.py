@@ -103,7 +103,7 @@ def full_decode(data: bytes) -> None:
 
 def median_call(function: Callable[[], object], seconds: float) -> float:
     """The median time of one call, calling `function` back to back for about `seconds`."""
-    times = []
+    times: list[float] = []
     until = time.perf_counter() + seconds
     while (started := time.perf_counter()) < until or len(times) < 3:
         function()

@@ -10,7 +10,6 @@ from PIL import Image, ImageOps
 
 from service import images
 from tests.service.photos import encode, load_mnist, phone_photo
-from volume import MNIST_MEAN, MNIST_STD
 
 MANY = 10**8  # a pixel cap no test image reaches
 
