@@ -21,7 +21,7 @@ train: install  ## train every step on full MNIST and publish it into $(MODELS_D
 	$(PY) -m trainer run --steps all
 
 serve: install  ## serve $(MODELS_DIR) on http://127.0.0.1:8000
-	$(VENV)/bin/uvicorn service.app:app --host 127.0.0.1 --port 8000
+	$(PY) -m service --host 127.0.0.1 --port 8000
 
 lint: install
 	$(VENV)/bin/ruff check .

@@ -4,7 +4,8 @@ tutorial FastAPI app, beside the real service, on the same model, machine and ru
     python bench/peers.py [--models-dir DIR] [--duration 6] [--slice 1] [--repeats 3]
                           [--concurrency 1,8,32] [--peers tutorial,litserve,bentoml,torchserve]
 
-- ours: `uvicorn service.app:app` with its production settings, as in bench/serve.py.
+- ours: `python -m service`, the service image's command: a uvicorn worker per core, each on
+  its own SO_REUSEPORT socket of the one port (service/__main__.py).
 - litserve, bentoml, torchserve: each framework serving the final step's `model.onnx` the way
   its docs do (bench/peer_apps/), one worker each, with our preprocessing and onnxruntime
   settings imported from the work tree (bench/peer_apps/common.py), so that only the
@@ -180,10 +181,10 @@ def start(name: str, models_dir: Path, step: str, model: Path, work: Path) -> Se
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     host = ["--host", "127.0.0.1", "--port", str(port)]
-    if name == "ours":
-        command = [sys.executable, "-m", "uvicorn", "service.app:app", *host, "--workers", "1"]
+    if name == "ours":  # the service image's command (a uvicorn worker per core)
+        command = [sys.executable, "-m", "service", *host, *UVICORN_FLAGS]
         env = {"MODELS_DIR": str(models_dir)}
-        return launch(name, command + UVICORN_FLAGS, env, f"{base}/predict/{step}", work)
+        return launch(name, command, env, f"{base}/predict/{step}", work)
     python = str(peer_venvs.venv(name) / "bin/python")
     env = {"MODEL_PATH": str(model)}
     if name == "tutorial":

@@ -25,7 +25,7 @@ COPY pyproject.toml README.md ./
 COPY volume/ volume/
 COPY service/ service/
 # DL3013: "." is this project: its dependencies are declared in pyproject.toml.
-# dumb-init (a static binary in a wheel) runs as PID 1: it forwards SIGTERM/SIGINT to uvicorn and
+# dumb-init (a static binary in a wheel) runs as PID 1: it forwards SIGTERM/SIGINT to the service and
 # reaps zombies, so `docker stop` is a graceful shutdown instead of a SIGKILL after 10 s.
 # hadolint ignore=DL3013
 RUN /opt/venv/bin/pip install ".[serve]" dumb-init==1.2.5.post1 \
@@ -53,4 +53,5 @@ EXPOSE 8000
 HEALTHCHECK --interval=15s --timeout=3s --start-period=20s --retries=3 \
     CMD ["python", "-c", "import urllib.request as u; u.urlopen('http://127.0.0.1:8000/healthz', timeout=2)"]
 ENTRYPOINT ["dumb-init", "--"]
-CMD ["uvicorn", "service.app:app", "--host", "0.0.0.0", "--port", "8000", "--timeout-graceful-shutdown", "20"]
+# One uvicorn worker per core the container may use, on SO_REUSEPORT sockets (service/__main__.py).
+CMD ["python", "-m", "service", "--host", "0.0.0.0", "--port", "8000", "--timeout-graceful-shutdown", "20"]

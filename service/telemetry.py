@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+import os
+
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, multiprocess
+from prometheus_client import generate_latest as _generate_latest
 
 from volume import STEPS
 
@@ -17,3 +20,13 @@ LATENCY = Histogram(
 # `labels()` per request would look each one up again under a lock.
 STEP_PREDICTIONS = {s.slug: PREDICTIONS.labels(s.slug) for s in STEPS}
 STEP_LATENCY = {s.slug: LATENCY.labels(s.slug) for s in STEPS}
+
+
+def exposition() -> bytes:
+    """Every metric in Prometheus' text format. Under `python -m service` with several workers
+    (PROMETHEUS_MULTIPROC_DIR set), the counts of all of them, read from their files."""
+    if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+        return _generate_latest(REGISTRY)
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)
+    return _generate_latest(registry)
