@@ -39,13 +39,15 @@ import sys
 import tempfile
 from pathlib import Path
 
+CPU_MAX = Path("/sys/fs/cgroup/cpu.max")  # cgroup v2: "QUOTA PERIOD", or "max PERIOD"
 
-def cpu_count() -> int:
+
+def cpu_count(cpu_max: Path = CPU_MAX) -> int:
     """The cores this process may run on, capped by a cgroup v2 CPU quota (a container's
     `--cpus`, a pod's CPU limit), which affinity does not show."""
     cores = len(os.sched_getaffinity(0))
     with contextlib.suppress(OSError, ValueError):
-        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()
+        quota, period = cpu_max.read_text().split()
         if quota != "max":
             cores = min(cores, max(1, math.ceil(int(quota) / int(period))))
     return cores

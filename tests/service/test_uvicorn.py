@@ -190,3 +190,20 @@ def test_python_m_service_runs_a_worker_per_core_on_one_port(tmp_path: Path) -> 
         assert process.wait(timeout=30) == -signal.SIGTERM
     assert log.read_text().count("Finished server process") == 2, log.read_text()
     assert not folder.exists()  # the launcher cleans up after its workers
+
+
+@pytest.mark.parametrize(
+    ("cpu_max", "cap"),
+    [("max 100000\n", None), ("150000 100000\n", 2), ("50000 100000\n", 1), (None, None)],
+    ids=["no quota", "1.5 CPUs", "half a CPU", "no cgroup v2"],
+)
+def test_the_default_worker_count_follows_a_containers_cpu_quota(
+    tmp_path: Path, cpu_max: str | None, cap: int | None
+) -> None:
+    from service.__main__ import cpu_count
+
+    path = tmp_path / "cpu.max"
+    if cpu_max is not None:
+        path.write_text(cpu_max)
+    cores = len(os.sched_getaffinity(0))
+    assert cpu_count(path) == (min(cores, cap) if cap else cores)
