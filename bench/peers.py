@@ -3,6 +3,7 @@ tutorial FastAPI app, beside the real service, on the same model, machine and ru
 
     python bench/peers.py [--models-dir DIR] [--duration 6] [--slice 1] [--repeats 3]
                           [--concurrency 1,8,32] [--peers tutorial,litserve,bentoml,torchserve]
+                          [--workers N]
 
 - ours: `python -m service`, the service image's command: a uvicorn worker per core, each on
   its own SO_REUSEPORT socket of the one port (service/__main__.py).
@@ -176,13 +177,16 @@ def launch(
     return Server(name, url, process, log)
 
 
-def start(name: str, models_dir: Path, step: str, model: Path, work: Path) -> Server:
+def start(
+    name: str, models_dir: Path, step: str, model: Path, work: Path, workers: int | None
+) -> Server:
     """Start one app on a free port of 127.0.0.1 (not waiting for it)."""
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     host = ["--host", "127.0.0.1", "--port", str(port)]
     if name == "ours":  # the service image's command (a uvicorn worker per core)
         command = [sys.executable, "-m", "service", *host, *UVICORN_FLAGS]
+        command += ["--workers", str(workers)] if workers else []
         env = {"MODELS_DIR": str(models_dir)}
         return launch(name, command, env, f"{base}/predict/{step}", work)
     python = str(peer_venvs.venv(name) / "bin/python")
@@ -248,12 +252,18 @@ def start_torchserve(bin_dir: Path, port: int, model: Path, work: Path) -> Serve
 
 @contextlib.contextmanager
 def servers(
-    names: list[str], models_dir: Path, step: str, model: Path, work: Path, probe: Upload
+    names: list[str],
+    models_dir: Path,
+    step: str,
+    model: Path,
+    work: Path,
+    probe: Upload,
+    workers: int | None = None,
 ) -> Iterator[list[Server]]:
     started: list[Server] = []
     try:
         for name in names:
-            started.append(start(name, models_dir, step, model, work))
+            started.append(start(name, models_dir, step, model, work, workers))
         for server in started:
             wait_ready(server, probe)
             print(f"{server.name} ready at {server.url}", file=sys.stderr, flush=True)
@@ -397,6 +407,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="runs of each level; medians")
     parser.add_argument("--check-photos", type=int, default=180, help="photo-like uploads checked")
     parser.add_argument("--check-phones", type=int, default=9, help="12 MP photos checked")
+    parser.add_argument(
+        "--workers", type=int, help="of ours (default: the service's own, one per core)"
+    )
     args = parser.parse_args()
     peers = [p.strip() for p in args.peers.split(",") if p.strip()]
     unknown = set(peers) - set(APPS[1:])
@@ -435,7 +448,7 @@ def main() -> None:
             specs[upload.label].write_text(json.dumps(spec))
 
         results: dict[tuple[str, int, str], list[dict[str, Any]]] = {}
-        with servers(names, models_dir, step, model, work, uploads[0]) as started:
+        with servers(names, models_dir, step, model, work, uploads[0], args.workers) as started:
             check_lines, checked = check_answers(
                 started, uploads, digits, labels, args.check_photos, args.check_phones
             )
@@ -462,7 +475,8 @@ def main() -> None:
                                 print(f"{name}, {upload.label}, {level}: {result['error_kinds']}")
                 print(f"run {repeat + 1}/{args.repeats} done", file=sys.stderr, flush=True)
 
-    print(f"\nstep `{step}` version {version}; {', '.join(names)}")
+    ours = f"python -m service --workers {args.workers}" if args.workers else "python -m service"
+    print(f"\nstep `{step}` version {version}; {', '.join(names)}; ours: {ours}")
     print(
         f"{cpu_name()}, {len(os.sched_getaffinity(0))} cores; {args.duration:g} s per level and "
         f"app in turns of {args.slice:g} s after {args.warmup:g} s warm-up, median of "

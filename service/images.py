@@ -22,11 +22,16 @@ from volume import IMAGE_SIZE, MNIST_MEAN, MNIST_STD
 # What users upload. Pillow knows dozens of formats; every extra decoder is attack surface.
 ACCEPTED_FORMATS = ("PNG", "JPEG", "GIF", "BMP", "WEBP", "TIFF")
 DIGIT_BOX = 20  # MNIST fits each digit into 20x20 ...
-# ... so a photo is analysed (paper, ink, crop) with its longest side at most this, and at
-# least half of it: a digit that fills a tenth of a photo's side still spans 13 to 26 pixels
-# there, and ends up 20. A 12 MP photo is decoded straight to 504x378 grey by the JPEG decoder
-# (1/8 scale), not to 4032x3024 colour; see `load`.
-WORK_SIZE = 256
+# ... so a photo is analysed (paper, ink, crop) with its longest side at most WORK_SIZE, and
+# a JPEG is decoded at the coarsest scale its decoder offers (1/2, 1/4, 1/8) that keeps the
+# longest side at least DRAFT_SIDE: a digit that fills a tenth of the photo's side still spans
+# 13 pixels or more there, and ends up 20. A 12 MP photo decodes straight to 504x378 grey
+# instead of 4032x3024 colour (`load`); a 400x400 JPEG to 200x200. Other formats have no such
+# scale: decoded whole, they are box-averaged to WORK_SIZE in Pillow (`reduce`). At 256 the
+# photo-like set's PNG, WebP and GIF drawings lost 0.2-0.3 points (bench/README.md); at 512
+# they are analysed at the size they come, as before.
+DRAFT_SIDE = 129
+WORK_SIZE = 512
 MIN_CONTRAST = 32  # ink must stand this far (of 255) from the paper to count as a digit
 # The crop keeps the pixels with at least a quarter of the darkest stroke's ink: fainter ones
 # away from the digit are paper texture and JPEG noise. MNIST's own digits crop the same.
@@ -86,11 +91,10 @@ def open_image(data: bytes, max_pixels: int) -> Image.Image:
 
 def draft_size(width: int, height: int) -> tuple[int, int]:
     """The size to ask a JPEG decoder for, so that it scales by the most it can (1/2, 1/4 or
-    1/8) while the longest side stays over half of WORK_SIZE."""
+    1/8) while the longest side stays at least DRAFT_SIDE."""
     longest = max(width, height)
-    least = WORK_SIZE // 2 + 1
     # Pillow's draft scales by the largest of 8, 4, 2 that keeps both sides at least this.
-    return max(1, width * least // longest), max(1, height * least // longest)
+    return max(1, width * DRAFT_SIDE // longest), max(1, height * DRAFT_SIDE // longest)
 
 
 def load(image: Image.Image, max_pixels: int) -> Image.Image:

@@ -162,11 +162,12 @@ def test_sixteen_bit_greys_are_scaled_not_clipped() -> None:
 @pytest.mark.parametrize(
     ("size", "image_format", "mode", "decoded", "analysed"),
     [
-        ((4032, 3024), "JPEG", "RGB", (504, 378), (252, 189)),  # the decoder's 1/8 scale
+        ((4032, 3024), "JPEG", "RGB", (504, 378), (504, 378)),  # the decoder's 1/8 scale
+        ((8000, 6000), "JPEG", "RGB", (1000, 750), (500, 375)),  # 1/8, then reduced
         ((1600, 1200), "JPEG", "RGB", (200, 150), (200, 150)),
         ((400, 400), "JPEG", "RGB", (200, 200), (200, 200)),
         ((250, 250), "JPEG", "RGB", (250, 250), (250, 250)),  # small enough already
-        ((3000, 2000), "PNG", "RGB", (3000, 2000), (250, 167)),  # no draft: reduced in Pillow
+        ((3000, 2000), "PNG", "RGB", (3000, 2000), (500, 334)),  # no draft: reduced in Pillow
         ((28, 28), "PNG", "L", (28, 28), (28, 28)),
     ],
 )
@@ -177,7 +178,8 @@ def test_photos_are_decoded_and_analysed_at_the_size_the_digit_needs(
     decoded: tuple[int, int],
     analysed: tuple[int, int],
 ) -> None:
-    """The longest side the analysis sees is between half of WORK_SIZE and WORK_SIZE."""
+    """A JPEG decodes at the coarsest scale keeping DRAFT_SIDE; the analysis sees WORK_SIZE at
+    most."""
     data = encode(Image.new(mode, size, "white"), image_format)
     image = images.load(images.open_image(data, MANY), MANY)
     assert image.size == decoded
@@ -187,10 +189,10 @@ def test_photos_are_decoded_and_analysed_at_the_size_the_digit_needs(
 
 
 def test_what_pillow_cannot_reduce_is_shrunk_in_numpy() -> None:
-    palette = Image.new("RGB", (600, 400), "white").convert("P", palette=Image.Palette.ADAPTIVE)
+    palette = Image.new("RGB", (1200, 800), "white").convert("P", palette=Image.Palette.ADAPTIVE)
     image = images.load(images.open_image(encode(palette, "GIF"), MANY), MANY)
-    assert images.reduce(image).size == (600, 400)
-    assert images.shrink(images.to_grey(image)).shape == (133, 200)  # 1/3: 600 over 256
+    assert images.reduce(image).size == (1200, 800)
+    assert images.shrink(images.to_grey(image)).shape == (266, 400)  # 1/3: 1200 over 512
     assert images.shrink(np.zeros((28, 28), np.float32)).shape == (28, 28)
 
 
