@@ -22,15 +22,16 @@ from volume import IMAGE_SIZE, MNIST_MEAN, MNIST_STD
 # What users upload. Pillow knows dozens of formats; every extra decoder is attack surface.
 ACCEPTED_FORMATS = ("PNG", "JPEG", "GIF", "BMP", "WEBP", "TIFF")
 DIGIT_BOX = 20  # MNIST fits each digit into 20x20 ...
-# ... so a photo is analysed (paper, ink, crop) with its longest side at most WORK_SIZE, and
-# a JPEG is decoded at the coarsest scale its decoder offers (1/2, 1/4, 1/8) that keeps the
-# longest side at least DRAFT_SIDE: a digit that fills a tenth of the photo's side still spans
-# 13 pixels or more there, and ends up 20. A 12 MP photo decodes straight to 504x378 grey
-# instead of 4032x3024 colour (`load`); a 400x400 JPEG to 200x200. Other formats have no such
-# scale: decoded whole, they are box-averaged to WORK_SIZE in Pillow (`reduce`). At 256 the
-# photo-like set's PNG, WebP and GIF drawings lost 0.2-0.3 points (bench/README.md); at 512
-# they are analysed at the size they come, as before.
+# ... so a photo is analysed (paper, ink, crop) small. A JPEG decodes at the coarsest scale
+# its decoder offers (1/2, 1/4, 1/8) that keeps the longest side at least DRAFT_SIDE, then is
+# box-averaged to JPEG_WORK_SIZE at most: a digit that fills a tenth of the photo's side still
+# spans 13 pixels or more, and ends up 20. A 12 MP photo decodes straight to 504x378 grey
+# instead of 4032x3024 colour (`load`) and is analysed at 252x189; a 400x400 JPEG at 200x200.
+# Other formats have no such scale: decoded whole, they are box-averaged to WORK_SIZE. Drawings
+# sent as PNG, WebP or GIF keep their sharp strokes better at 512: at 256 the photo-like set's
+# lost 0.2-0.3 points where its JPEGs lost none (bench/README.md).
 DRAFT_SIDE = 129
+JPEG_WORK_SIZE = 256
 WORK_SIZE = 512
 MIN_CONTRAST = 32  # ink must stand this far (of 255) from the paper to count as a digit
 # The crop keeps the pixels with at least a quarter of the darkest stroke's ink: fainter ones
@@ -124,10 +125,11 @@ REDUCIBLE = ("L", "RGB", "RGBA", "LA", "I", "F")
 
 
 def reduce(image: Image.Image) -> Image.Image:
-    """Average blocks of pixels in Pillow so the longest side is at most WORK_SIZE: on bytes, in
-    one pass in C, before numpy sees the image. A mode Pillow cannot reduce is left for
-    `shrink`."""
-    factor = -(-max(image.size) // WORK_SIZE)
+    """Average blocks of pixels in Pillow so the longest side is at most WORK_SIZE (a JPEG's:
+    JPEG_WORK_SIZE): on bytes, in one pass in C, before numpy sees the image. A mode Pillow
+    cannot reduce is left for `shrink`."""
+    work_size = JPEG_WORK_SIZE if image.format == "JPEG" else WORK_SIZE
+    factor = -(-max(image.size) // work_size)
     if factor <= 1 or image.mode not in REDUCIBLE:
         return image
     return image.reduce(factor)

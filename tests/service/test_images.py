@@ -162,8 +162,8 @@ def test_sixteen_bit_greys_are_scaled_not_clipped() -> None:
 @pytest.mark.parametrize(
     ("size", "image_format", "mode", "decoded", "analysed"),
     [
-        ((4032, 3024), "JPEG", "RGB", (504, 378), (504, 378)),  # the decoder's 1/8 scale
-        ((8000, 6000), "JPEG", "RGB", (1000, 750), (500, 375)),  # 1/8, then reduced
+        ((4032, 3024), "JPEG", "RGB", (504, 378), (252, 189)),  # the decoder's 1/8, then 1/2
+        ((8000, 6000), "JPEG", "RGB", (1000, 750), (250, 188)),
         ((1600, 1200), "JPEG", "RGB", (200, 150), (200, 150)),
         ((400, 400), "JPEG", "RGB", (200, 200), (200, 200)),
         ((250, 250), "JPEG", "RGB", (250, 250), (250, 250)),  # small enough already
@@ -179,8 +179,8 @@ def test_photos_are_decoded_and_analysed_at_the_size_the_digit_needs(
     analysed: tuple[int, int],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """A JPEG decodes at the coarsest scale keeping DRAFT_SIDE; the analysis sees WORK_SIZE at
-    most."""
+    """A JPEG decodes at the coarsest scale keeping DRAFT_SIDE and is analysed at
+    JPEG_WORK_SIZE at most; other formats at WORK_SIZE at most."""
     # Pillow's own cap is global, and a test of the app before this one may have lowered it.
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", None)
     data = encode(Image.new(mode, size, "white"), image_format)
