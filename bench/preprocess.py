@@ -47,6 +47,7 @@ sys.path.insert(0, str(ROOT))  # run from anywhere
 
 from bench.serve import cpu_name, photo_like  # noqa: E402
 from service import images  # noqa: E402
+from service.app import keep_freed_memory  # noqa: E402
 from tests.service.photos import encode, load_mnist, phone_photo  # noqa: E402
 
 # The last commit whose preprocessing decoded photos at up to 1024 pixels a side in colour.
@@ -132,6 +133,9 @@ def main() -> None:
     parser.add_argument("--before", default=BEFORE_REV, help="the git revision to compare with")
     args = parser.parse_args()
 
+    # As the service does at start-up: freed arrays stay with the process for the next call,
+    # rather than being mapped fresh from the kernel each time (page faults: service/app.py).
+    keep_freed_memory()
     uploads = make_uploads(load_mnist(args.mnist_dir, "t10k")[0])
     before = images_at(args.before)
     functions: dict[str, Callable[[bytes], object]] = {
