@@ -34,9 +34,11 @@ test: install lint  ## lint, type-check and run the whole test suite
 report: install  ## regenerate reports/REPORT.md from the committed metrics
 	$(PY) -m trainer report
 
-bench: install  ## the two CPU benchmarks (minutes); on a GPU also run bench/train_steps.py
+bench: install  ## the CPU benchmarks (about 45 minutes); on a GPU also run bench/train_steps.py
 	$(PY) bench/train_speed.py
 	$(PY) bench/serve.py
+	$(PY) bench/preprocess.py
+	$(PY) bench/peers.py
 
 docker-e2e: install  ## build both images on a real engine and run train -> serve -> predict
 	bash tests/docker/e2e.sh
