@@ -118,7 +118,10 @@ def main(argv: list[str] | None = None) -> int:
             with listening_socket(args.host, args.port) as sock:
                 fd = sock.fileno()
                 command = [sys.executable, "-m", "service", "--worker-fd", str(fd), *options]
-                workers.append(subprocess.Popen(command, pass_fds=[fd], env=env))
+                # A process group of its own: dumb-init (and a terminal's Ctrl-C) signal this
+                # process's group, and a worker signalled twice would stop at once, not
+                # gracefully; the signal reaches it once, from here.
+                workers.append(subprocess.Popen(command, pass_fds=[fd], env=env, process_group=0))
         _, wait_status = os.wait()  # the first worker to end: on our signal, or on its own
         if not signals:  # on its own: the service is broken; stop, and say how it ended
             code = os.waitstatus_to_exitcode(wait_status)
