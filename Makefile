@@ -40,7 +40,7 @@ demo: install  ## train every step briefly into $(DEMO_DIR), then serve the lab 
 			--epochs $(DEMO_EPOCHS) --limit $(DEMO_LIMIT) --quiet --out $(DEMO_DIR) || exit 1; \
 	fi
 	@echo; echo "  The lab: http://127.0.0.1:$(PORT)/   (Ctrl-C stops it)"; echo
-	MODELS_DIR=$(DEMO_DIR) $(VENV)/bin/uvicorn service.app:app --host 127.0.0.1 --port $(PORT)
+	MODELS_DIR=$(DEMO_DIR) $(PY) -m service --host 127.0.0.1 --port $(PORT)
 
 lint: install
 	$(VENV)/bin/ruff check .
@@ -53,9 +53,11 @@ test: install lint  ## lint, type-check and run the whole test suite
 report: install  ## regenerate reports/REPORT.md from the committed metrics
 	$(PY) -m trainer report
 
-bench: install  ## the two CPU benchmarks (minutes); on a GPU also run bench/train_steps.py
+bench: install  ## the CPU benchmarks (about 45 minutes); on a GPU also run bench/train_steps.py
 	$(PY) bench/train_speed.py
 	$(PY) bench/serve.py
+	$(PY) bench/preprocess.py
+	$(PY) bench/peers.py
 
 docker-e2e: install  ## build both images on a real engine and run train -> serve -> predict
 	bash tests/docker/e2e.sh

@@ -34,6 +34,7 @@ import io
 import json
 import os
 import platform
+import re
 import signal
 import socket
 import statistics
@@ -271,6 +272,9 @@ async def read_response(reader: asyncio.StreamReader) -> tuple[int, bytes, bool]
     return status, body, headers.get("connection") != "close"
 
 
+DIGIT = re.compile(rb'"digit"\s*:\s*(\d+)')  # in any server's JSON spacing
+
+
 @dataclass
 class Tally:
     """What one app's counted slices saw."""
@@ -278,6 +282,8 @@ class Tally:
     latencies: list[float] = field(default_factory=list)
     seconds: float = 0.0
     errors: Counter[str] = field(default_factory=Counter)  # in every slice, warm-up included
+    answered: int = 0  # answers with a digit, in every slice
+    wrong: int = 0  # of those, answers with another digit than expected, if one is
 
     def result(self) -> dict[str, Any]:
         milliseconds = np.array(self.latencies or [float("nan")]) * 1e3
@@ -288,16 +294,19 @@ class Tally:
             "p99": float(np.percentile(milliseconds, 99)),
             "errors": sum(self.errors.values()),
             "error_kinds": dict(self.errors.most_common(3)),
+            "answered": self.answered,
+            "wrong": self.wrong,
         }
 
 
 class Connection:
     """One simulated client's keep-alive connection to one app."""
 
-    def __init__(self, url: str, request: bytes) -> None:
+    def __init__(self, url: str, request: bytes, expect: int | None = None) -> None:
         address = httpx.URL(url)
         self.host, self.port = address.host, address.port or 80
         self.request = request
+        self.expect = expect  # the digit a right answer names
         self.streams: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
 
     async def post(self) -> tuple[int, bytes]:
@@ -347,9 +356,14 @@ async def load_slice(
                 connection.close()
                 continue
             answered = time.perf_counter()
-            if status != 200 or b'"digit"' not in body:
+            digit = DIGIT.search(body) if status == 200 else None
+            if digit is None:
                 tally.errors[f"HTTP {status}: {body[:200].decode(errors='replace')}"] += 1
-            elif count and counted_from <= answered <= until:
+                continue
+            tally.answered += 1
+            if connection.expect is not None and int(digit[1]) != connection.expect:
+                tally.wrong += 1
+            if count and counted_from <= answered <= until:
                 tally.latencies.append(answered - sent)
 
     await asyncio.gather(*(client(c) for c in connections))
@@ -363,10 +377,12 @@ async def generate_load(
     warmup: float,
     duration: float,
     slice_seconds: float,
+    expect: int | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """Each app (name -> url, request) warmed up, then loaded in alternating slices."""
+    """Each app (name -> url, request) warmed up, then loaded in alternating slices. With
+    `expect`, answers naming another digit are counted as wrong."""
     connections = {
-        name: [Connection(url, request) for _ in range(concurrency)]
+        name: [Connection(url, request, expect) for _ in range(concurrency)]
         for name, (url, request) in requests.items()
     }
     tallies = {name: Tally() for name in requests}
@@ -391,6 +407,7 @@ def load_main(argv: list[str]) -> None:
     parser.add_argument("--warmup", type=float, required=True)
     parser.add_argument("--duration", type=float, required=True)
     parser.add_argument("--slice", type=float, required=True)
+    parser.add_argument("--expect", type=int, help="the right digit: others count as wrong")
     args = parser.parse_args(argv)
     spec = json.loads(args.upload.read_text())
     upload = Upload(
@@ -398,7 +415,9 @@ def load_main(argv: list[str]) -> None:
     )
     urls = dict(pair.split("=", 1) for pair in args.url)
     requests = {name: (url, multipart(url, upload)) for name, url in urls.items()}
-    run = generate_load(requests, args.concurrency, args.warmup, args.duration, args.slice)
+    run = generate_load(
+        requests, args.concurrency, args.warmup, args.duration, args.slice, args.expect
+    )
     try:
         import uvloop  # uvicorn[standard]'s event loop: a cheaper client leaves more CPU to the server
 
@@ -415,18 +434,21 @@ def measure(
     warmup: float,
     duration: float,
     slice_seconds: float,
+    expect: int | None = None,
 ) -> dict[str, dict[str, Any]]:
     """One level against every app, from a load generator in its own process."""
     command = [sys.executable, __file__, "--load", "--upload", str(upload_spec)]
     command += [f"--url={name}={url}" for name, url in urls.items()]
     command += ["--concurrency", str(concurrency), "--warmup", str(warmup)]
     command += ["--duration", str(duration), "--slice", str(slice_seconds)]
+    if expect is not None:
+        command += ["--expect", str(expect)]
     done = subprocess.run(
         command,
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=2 * (warmup + duration) + 120,
+        timeout=2 * len(urls) * (warmup + duration) + 120,
     )
     if done.returncode != 0:
         sys.exit(f"the load generator failed:\n{done.stderr}")

@@ -148,14 +148,27 @@ PUBLISHER = textwrap.dedent(
 )
 
 
+def process_tree(pid: int) -> list[int]:
+    """`pid` and every process descended from it: the launcher and its uvicorn workers."""
+    found, i = [pid], 0
+    while i < len(found):
+        for task in Path(f"/proc/{found[i]}/task").iterdir():
+            found += [int(c) for c in (task / "children").read_text().split()]
+        i += 1
+    return found
+
+
 def rss(pid: int) -> tuple[float, float]:
-    """(VmRSS, VmHWM) of a process, in MB."""
-    fields = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        key, _, value = line.partition(":")
-        if key in ("VmRSS", "VmHWM"):
-            fields[key] = int(value.split()[0]) / 1024
-    return fields["VmRSS"], fields["VmHWM"]
+    """(VmRSS, VmHWM) in MB of a process and its descendants, summed: with several workers the
+    summed high-water marks bound their peak together from above (each may peak at another
+    moment)."""
+    total = {"VmRSS": 0.0, "VmHWM": 0.0}
+    for each in process_tree(pid):
+        for line in Path(f"/proc/{each}/status").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key in total:
+                total[key] += int(value.split()[0]) / 1024
+    return total["VmRSS"], total["VmHWM"]
 
 
 @contextlib.contextmanager

@@ -28,7 +28,7 @@ COPY pyproject.toml README.md ./
 COPY volume/ volume/
 COPY service/ service/
 # DL3013: "." is this project: its dependencies are declared in pyproject.toml.
-# dumb-init (a static binary in a wheel) runs as PID 1: it forwards SIGTERM/SIGINT to uvicorn and
+# dumb-init (a static binary in a wheel) runs as PID 1: it forwards SIGTERM/SIGINT to the service and
 # reaps zombies, so `docker stop` is a graceful shutdown instead of a SIGKILL after 10 s.
 # hadolint ignore=DL3013
 RUN /opt/venv/bin/pip install ".[serve]" dumb-init==1.2.5.post1 \
@@ -56,6 +56,7 @@ EXPOSE 8000
 HEALTHCHECK --interval=15s --timeout=3s --start-period=20s --retries=3 \
     CMD ["python", "-c", "import urllib.request as u; u.urlopen('http://127.0.0.1:8000/healthz', timeout=2)"]
 ENTRYPOINT ["dumb-init", "--"]
-# The launcher (service/server.py): uvicorn with deadlines for slow clients' headers and bodies and
-# caps on connections and requests in flight; their settings are environment variables.
+# The launcher (service/__main__.py): one uvicorn worker per core the container may use, on
+# SO_REUSEPORT sockets, each with deadlines for slow clients' headers and bodies and caps on
+# connections and requests in flight (service/server.py, service/limits.py).
 CMD ["python", "-m", "service", "--host", "0.0.0.0", "--port", "8000", "--timeout-graceful-shutdown", "20"]

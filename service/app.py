@@ -24,6 +24,7 @@ import anyio
 from fastapi import FastAPI
 from PIL import Image
 
+from service import telemetry
 from service.limits import RequestLimits
 from service.models import ModelRegistry
 from service.routes import lab, ops, predict, steps, v2
@@ -75,7 +76,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     Image.MAX_IMAGE_PIXELS = settings.max_image_pixels
     warnings.simplefilter("error", Image.DecompressionBombWarning)
     keep_freed_memory()
-    models = ModelRegistry(settings.models_dir, settings.inference_threads)
+    models = ModelRegistry(settings.models_dir, settings.inference_threads, telemetry.serving)
     await anyio.to_thread.run_sync(models.refresh)
     if not models.models:
         log.warning(

@@ -82,7 +82,6 @@ class RequestLimits:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
         self.in_flight = 0
-        IN_FLIGHT.set_function(lambda: self.in_flight)  # read when scraped: free per request
         self._responses: dict[tuple[str, int], Counter] = {}  # bound labels, as telemetry's
 
     def count(self, route: str, code: int) -> None:
@@ -96,6 +95,7 @@ class RequestLimits:
         if self.in_flight >= settings.max_requests and path not in ALWAYS_ANSWERED:
             return False
         self.in_flight += 1
+        IN_FLIGHT.inc()  # a gauge workers can share (service/telemetry.py): ~1 us
         return True
 
     def busy(self, settings: Settings) -> tuple[str, dict[str, str]]:
@@ -189,5 +189,6 @@ class RequestLimits:
                 timer.cancel()
             if admitted:
                 self.in_flight -= 1
+                IN_FLIGHT.dec()
             if code:
                 self.count(OVER_CAPACITY if refused else route_of(scope), code)

@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 
-from service import telemetry
 from volume import (
     IMAGE_SIZE,
     INDEX_FILE,
@@ -114,8 +113,16 @@ class ModelRegistry:
     ends, not at every poll; meanwhile the models already loaded keep serving.
     """
 
-    def __init__(self, root: Path, threads: int = 1) -> None:
+    def __init__(
+        self,
+        root: Path,
+        threads: int = 1,
+        on_swap: Callable[[str, str, str | None], None] | None = None,
+    ) -> None:
+        """`on_swap(step, version, previous version)` is called after each swap (the app
+        records it in Prometheus: this module stays free of the web service's parts)."""
         self.root = Path(root)
+        self._on_swap = on_swap
         self._options = session_options(threads)
         self._models: dict[str, LoadedModel] = {}
         # Versions are immutable, so one that failed to load will fail again: log it once.
@@ -197,7 +204,8 @@ class ModelRegistry:
                     continue
                 self._problem(step, None)
                 swapped.append(step)
-                telemetry.serving(step, entry.version)
+                if self._on_swap is not None:
+                    self._on_swap(step, entry.version, current.version if current else None)
                 log.info("step %s: serving version %s", step, entry.version)
             self._models = models  # one assignment: readers see the old dict or the new one
             return swapped

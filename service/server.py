@@ -1,7 +1,5 @@
-"""The service's launcher: uvicorn, with limits on what a connection may hold.
-
-    python -m service [--host 127.0.0.1] [--port 8000] [--timeout-graceful-shutdown 20]
-                      [--timeout-keep-alive 5] [--backlog 2048]
+"""What each worker of `python -m service` (service/__main__.py) runs: uvicorn, with limits on
+what a connection may hold.
 
 This is how the service starts (`make serve`, the image's CMD). `uvicorn service.app:app` still
 works and keeps what `service.limits` guarantees (body deadline, requests in flight), but not
@@ -224,8 +222,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self.awaiting_head, self.head_bytes = True, 0
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m service", description=__doc__)
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The launcher's options: where it listens and uvicorn's timeouts."""
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument(
@@ -238,9 +236,13 @@ def main(argv: list[str] | None = None) -> None:
         "--timeout-keep-alive", type=int, default=5, help="seconds an idle connection is kept"
     )
     parser.add_argument("--backlog", type=int, default=2048, help="the listen queue's length")
-    args = parser.parse_args(argv)
+    parser.add_argument("--log-level", default="info", help="uvicorn's")
+
+
+def config(args: argparse.Namespace) -> uvicorn.Config:
+    """uvicorn's configuration of one worker: the app, this module's protocol, the timeouts."""
     settings()  # a bad setting fails here, with pydantic's message, before anything listens
-    uvicorn.run(
+    return uvicorn.Config(
         "service.app:app",
         host=args.host,
         port=args.port,
@@ -248,4 +250,5 @@ def main(argv: list[str] | None = None) -> None:
         backlog=args.backlog,
         timeout_keep_alive=args.timeout_keep_alive,
         timeout_graceful_shutdown=args.timeout_graceful_shutdown,
+        log_level=args.log_level,
     )

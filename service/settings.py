@@ -61,7 +61,8 @@ class Settings(BaseSettings):
     max_connections: int = Field(
         1000,
         gt=0,
-        description="MAX_CONNECTIONS: open connections; a request on one past it gets 503",
+        description="MAX_CONNECTIONS: open connections, per worker of `python -m service`; a "
+        "request on one past it gets 503",
     )
     # A request in flight holds up to MAX_UPLOAD_BYTES twice (its body's chunks, then joined),
     # so this bounds what uploads can take: 32 x 2 x 10 MiB = 640 MiB, on top of the ~245 MB
@@ -69,8 +70,9 @@ class Settings(BaseSettings):
     max_requests: int = Field(
         32,
         gt=0,
-        description="MAX_REQUESTS: requests in flight (reading, decoding, inferring); past it "
-        "503 with Retry-After, except /healthz, /readyz and /metrics",
+        description="MAX_REQUESTS: requests in flight (reading, decoding, inferring), per worker "
+        "of `python -m service`; past it 503 with Retry-After, except /healthz, /readyz and "
+        "/metrics",
     )
     retry_after_seconds: int = Field(
         1, ge=0, description="RETRY_AFTER_SECONDS: what a 503 for overload tells clients to wait"

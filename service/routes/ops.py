@@ -6,10 +6,11 @@ from typing import Literal
 
 from fastapi import APIRouter, HTTPException, status
 from fastapi.responses import PlainTextResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, Field
 
 from service.common import ErrorDetail, ModelsDep, SettingsDep, train_hint
+from service.telemetry import exposition
 
 router = APIRouter()
 
@@ -52,5 +53,6 @@ def readyz(models: ModelsDep, settings: SettingsDep) -> Readiness:
 
 @router.get("/metrics", response_class=PlainTextResponse)
 def metrics() -> Response:
-    """Prometheus metrics: predictions and latency per step, plus the process's own."""
-    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+    """Prometheus metrics: predictions and latency per step, plus the process's own (with one
+    worker; with several, `python -m service` adds up their predictions and latencies)."""
+    return Response(exposition(), media_type=CONTENT_TYPE_LATEST)

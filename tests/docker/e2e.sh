@@ -223,7 +223,7 @@ echo "empty volume: /healthz 200, /readyz $code"
 [[ "$("${DOCKER[@]}" exec "$cid" id -u)" == 10001 ]] || fail "the service does not run as uid 10001"
 pid1="$("${DOCKER[@]}" exec "$cid" cat /proc/1/cmdline | tr '\0' ' ')"
 [[ "$pid1" == *dumb-init* ]] || fail "PID 1 is '$pid1', not dumb-init"
-"${DOCKER[@]}" top "$cid" -o pid,ppid,user,args | grep "uvicorn" >/dev/null || fail "no uvicorn under PID 1"
+"${DOCKER[@]}" top "$cid" -o pid,ppid,user,args | grep "python -m service" >/dev/null || fail "no service under PID 1"
 if "${DOCKER[@]}" exec "$cid" sh -c 'touch /models/.probe' 2>/dev/null; then fail "/models is writable in the service"; fi
 echo "service: uid 10001, PID 1 = $pid1, /models read-only"
 

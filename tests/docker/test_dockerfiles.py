@@ -124,7 +124,7 @@ def test_service_image_healthcheck_and_signals() -> None:
     # An init as PID 1 forwards SIGTERM to uvicorn, its child, for a graceful shutdown.
     assert final.exec_form("ENTRYPOINT") == ["dumb-init", "--"]
     cmd = final.exec_form("CMD")
-    assert cmd[:3] == ["python", "-m", "service"]  # the launcher, with its limits on clients
+    assert cmd[:3] == ["python", "-m", "service"]  # the launcher: workers with limits on clients
     assert cmd[cmd.index("--port") + 1] == "8000"
     assert "--timeout-graceful-shutdown" in cmd
     assert [e.args for e in final.all("EXPOSE")] == ["8000"]

@@ -411,6 +411,9 @@ def test_a_new_version_is_served_without_a_restart(client: TestClient, models_di
     assert after["version"] == version != before["version"]
     assert after["probabilities"] != before["probabilities"]
     assert client.get("/steps").json()[5]["version"] == version
+    exposed = client.get("/metrics").text  # which version each step serves, for an operator
+    assert f'mnist_model_info{{step="gap",version="{version}"}} 1.0' in exposed
+    assert f'version="{before["version"]}"' not in exposed
 
 
 def test_openapi_documents_both_ways_to_send_an_image(client: TestClient) -> None:

@@ -6,10 +6,10 @@ import io
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageOps
 
 from service import images
-from tests.service.photos import encode, load_mnist
+from tests.service.photos import encode, load_mnist, phone_photo
 
 MANY = 10**8  # a pixel cap no test image reaches
 
@@ -159,10 +159,82 @@ def test_sixteen_bit_greys_are_scaled_not_clipped() -> None:
     assert field.max() == pytest.approx(255)
 
 
-def test_large_photos_are_shrunk_before_the_work() -> None:
-    grey = np.zeros((3000, 2000), np.float32)
-    assert images.shrink(grey).shape == (1000, 666)
+@pytest.mark.parametrize(
+    ("size", "image_format", "mode", "decoded", "analysed"),
+    [
+        ((4032, 3024), "JPEG", "RGB", (504, 378), (252, 189)),  # the decoder's 1/8, then 1/2
+        ((8000, 6000), "JPEG", "RGB", (1000, 750), (250, 188)),
+        ((1600, 1200), "JPEG", "RGB", (200, 150), (200, 150)),
+        ((400, 400), "JPEG", "RGB", (200, 200), (200, 200)),
+        ((250, 250), "JPEG", "RGB", (250, 250), (250, 250)),  # small enough already
+        ((3000, 2000), "PNG", "RGB", (3000, 2000), (500, 334)),  # no draft: reduced in Pillow
+        ((28, 28), "PNG", "L", (28, 28), (28, 28)),
+    ],
+)
+def test_photos_are_decoded_and_analysed_at_the_size_the_digit_needs(
+    size: tuple[int, int],
+    image_format: str,
+    mode: str,
+    decoded: tuple[int, int],
+    analysed: tuple[int, int],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A JPEG decodes at the coarsest scale keeping DRAFT_SIDE and is analysed at
+    JPEG_WORK_SIZE at most; other formats at WORK_SIZE at most."""
+    # Pillow's own cap is global, and a test of the app before this one may have lowered it.
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", None)
+    data = encode(Image.new(mode, size, "white"), image_format)
+    image = images.load(images.open_image(data, MANY), MANY)
+    assert image.size == decoded
+    if image_format == "JPEG":
+        assert image.mode == "L"  # straight to grey: no colour conversion
+    assert images.reduce(image).size == analysed
+
+
+def test_what_pillow_cannot_reduce_is_shrunk_in_numpy() -> None:
+    palette = Image.new("RGB", (1200, 800), "white").convert("P", palette=Image.Palette.ADAPTIVE)
+    image = images.load(images.open_image(encode(palette, "GIF"), MANY), MANY)
+    assert images.reduce(image).size == (1200, 800)
+    assert images.shrink(images.to_grey(image)).shape == (266, 400)  # 1/3: 1200 over 512
     assert images.shrink(np.zeros((28, 28), np.float32)).shape == (28, 28)
+
+
+# EXIF orientation -> how to turn the stored pixels upright.
+UPRIGHT = {
+    1: None,
+    3: Image.Transpose.ROTATE_180,
+    6: Image.Transpose.ROTATE_270,
+    8: Image.Transpose.ROTATE_90,
+}
+
+
+@pytest.mark.parametrize("orientation", UPRIGHT)
+def test_a_sideways_phone_photo_is_turned_upright_at_draft_scale(
+    mnist_dir, orientation: int
+) -> None:
+    """A JPEG decoded at 1/8 scale is turned as its EXIF tag says, and reads as the same photo
+    decoded whole, turned upright by Pillow and sent as PNG."""
+    digit = load_mnist(mnist_dir)[0][orientation]
+    data = phone_photo(digit, np.random.default_rng(orientation), (1600, 1200), orientation, 85)
+    stored = Image.open(io.BytesIO(data))
+    stored.draft("L", (200, 150))
+    stored.load()
+    method = UPRIGHT[orientation]
+    turned = stored.transpose(method) if method is not None else stored
+    loaded = images.load(images.open_image(data, MANY), MANY)
+    assert np.array_equal(np.asarray(loaded), np.asarray(turned))
+
+    upright = ImageOps.exif_transpose(Image.open(io.BytesIO(data)))
+    field = images.preprocess(data, MANY)[0]
+    # Decoded at another scale, the field differs pixel by pixel (and the centring may round
+    # one pixel the other way), but not as a digit.
+    expected = images.preprocess(encode(upright, "PNG"), MANY)[0].ravel()
+    similarity = max(
+        np.corrcoef(np.roll(field, (dy, dx), (0, 1)).ravel(), expected)[0, 1]
+        for dy in (-1, 0, 1)
+        for dx in (-1, 0, 1)
+    )
+    assert similarity > 0.9
 
 
 @pytest.mark.filterwarnings("error::PIL.Image.DecompressionBombWarning")  # as the app has it

@@ -49,7 +49,7 @@ def launcher(tmp_path: Path, **limits: str) -> Iterator[tuple[httpx.Client, int]
         "BODY_TIMEOUT": str(BODY_TIMEOUT),
         **limits,
     }
-    command = [sys.executable, "-m", "service", "--timeout-keep-alive", "1"]
+    command = [sys.executable, "-m", "service", "--workers", "1", "--timeout-keep-alive", "1"]
     with serve(
         lambda port: [*command, "--port", str(port)], env, ROOT, tmp_path / "service.log"
     ) as (client, _):

@@ -115,7 +115,7 @@ def test_a_service_whose_volume_loses_its_permissions(models_dir: Path, tmp_path
         "POLL_SECONDS": "0.1",
         "PYTHONPATH": str(ROOT),
     }
-    command = [*unprivileged(), sys.executable, "-m", "service"]
+    command = [*unprivileged(), sys.executable, "-m", "service", "--workers", "1"]
     log = tmp_path / "service.log"
     with serve(lambda port: [*command, "--port", str(port)], env, ROOT, log) as (client, _):
         assert client.get("/readyz").json()["problems"] == []

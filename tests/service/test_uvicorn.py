@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -151,3 +152,58 @@ def test_a_volume_filled_by_the_real_trainer(tmp_path: Path, mnist_dir: Path) ->
         assert client.post("/predict/nope", files={"file": ("d.png", digit)}).status_code == 404
         assert 'mnist_predictions_total{step="gap"} 3.0' in client.get("/metrics").text
         assert client.get("/openapi.json").status_code == 200
+
+
+def test_python_m_service_runs_a_worker_per_core_on_one_port(tmp_path: Path) -> None:
+    """`python -m service --workers 2`, the image's command: two uvicorn processes on
+    SO_REUSEPORT sockets of one port; new connections reach both; /metrics adds up both; SIGTERM
+    stops both gracefully and the launcher ends by it, as uvicorn does."""
+    models_dir = tmp_path / "models"
+    publish(models_dir, "gap")
+    env = os.environ | {"MODELS_DIR": str(models_dir), "PYTHONPATH": str(ROOT)}
+    command = [sys.executable, "-m", "service", "--host", "127.0.0.1", "--workers", "2"]
+    command += ["--timeout-graceful-shutdown", "5"]
+    log = tmp_path / "service.log"
+    with serve(lambda port: [*command, "--port", str(port)], env, ROOT, log) as (client, process):
+        requests = 30
+        for _ in range(requests):  # each on a new connection: the kernel picks a socket
+            answer = client.post(
+                "/predict/gap", files={"file": ("a.png", DIGIT)}, headers={"connection": "close"}
+            )
+            assert answer.status_code == 200, answer.text
+        assert f'mnist_predictions_total{{step="gap"}} {requests}.0' in client.get("/metrics").text
+        workers = [
+            int(p.name)
+            for p in Path("/proc").iterdir()
+            if p.name.isdigit() and f"PPid:\t{process.pid}\n" in (p / "status").read_text()
+        ]
+        assert len(workers) == 2
+        environ = (Path("/proc") / str(workers[0]) / "environ").read_bytes().split(b"\0")
+        folder = Path(
+            next(v for v in environ if v.startswith(b"PROMETHEUS_MULTIPROC_DIR="))
+            .split(b"=", 1)[1]
+            .decode()
+        )
+        # Each worker that counted a prediction keeps its counts in a file of its own.
+        assert {f"counter_{pid}.db" for pid in workers} <= {p.name for p in folder.iterdir()}
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == -signal.SIGTERM
+    assert log.read_text().count("Finished server process") == 2, log.read_text()
+    assert not folder.exists()  # the launcher cleans up after its workers
+
+
+@pytest.mark.parametrize(
+    ("cpu_max", "cap"),
+    [("max 100000\n", None), ("150000 100000\n", 2), ("50000 100000\n", 1), (None, None)],
+    ids=["no quota", "1.5 CPUs", "half a CPU", "no cgroup v2"],
+)
+def test_the_default_worker_count_follows_a_containers_cpu_quota(
+    tmp_path: Path, cpu_max: str | None, cap: int | None
+) -> None:
+    from service.__main__ import cpu_count
+
+    path = tmp_path / "cpu.max"
+    if cpu_max is not None:
+        path.write_text(cpu_max)
+    cores = len(os.sched_getaffinity(0))
+    assert cpu_count(path) == (min(cores, cap) if cap else cores)
