@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import signal
 import statistics
@@ -69,6 +68,7 @@ from bench.serve import (  # noqa: E402
     parse_levels,
     tail,
     train_volume,
+    write_specs,
 )
 from tests.service.photos import load_mnist, photo_like_set  # noqa: E402
 from volume import STEP_SLUGS, read_index, version_folder  # noqa: E402
@@ -435,17 +435,7 @@ def main() -> None:
         version = index.steps[step].version
         model = version_folder(models_dir, step, version) / "model.onnx"
 
-        specs = {}
-        for upload in uploads:
-            (work / upload.filename).write_bytes(upload.data)
-            spec = {
-                "label": upload.label,
-                "filename": upload.filename,
-                "content_type": upload.content_type,
-                "path": str(work / upload.filename),
-            }
-            specs[upload.label] = work / f"{upload.filename}.json"
-            specs[upload.label].write_text(json.dumps(spec))
+        specs = write_specs(uploads, work)
 
         results: dict[tuple[str, int, str], list[dict[str, Any]]] = {}
         with servers(names, models_dir, step, model, work, uploads[0], args.workers) as started:

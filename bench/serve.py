@@ -502,6 +502,22 @@ def parse_levels(text: str) -> list[int]:
     return levels
 
 
+def write_specs(uploads: list[Upload], work: Path) -> dict[str, Path]:
+    """Each upload's file and the JSON spec a load-generator process reads, in `work`."""
+    specs = {}
+    for upload in uploads:
+        (work / upload.filename).write_bytes(upload.data)
+        spec = {
+            "label": upload.label,
+            "filename": upload.filename,
+            "content_type": upload.content_type,
+            "path": str(work / upload.filename),
+        }
+        specs[upload.label] = work / f"{upload.filename}.json"
+        specs[upload.label].write_text(json.dumps(spec))
+    return specs
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -535,17 +551,7 @@ def main() -> None:
             models_dir = work / "models"
             train_volume(models_dir, args.mnist_dir, args.limit)
         step, version, timings = in_process(models_dir, args.step, threads, uploads, digits)
-        specs = {}
-        for upload in uploads:
-            (work / upload.filename).write_bytes(upload.data)
-            spec = {
-                "label": upload.label,
-                "filename": upload.filename,
-                "content_type": upload.content_type,
-                "path": str(work / upload.filename),
-            }
-            specs[upload.label] = work / f"{upload.filename}.json"
-            specs[upload.label].write_text(json.dumps(spec))
+        specs = write_specs(uploads, work)
 
         service_env = {"MODELS_DIR": str(models_dir)}
         if args.threads:
