@@ -2,14 +2,15 @@
 
     .venv/bin/python k8s/measure_service.py --models MODELS_DIR [--requests 400] [--clients 2]
 
-Starts the service (`uvicorn service.app:app`, as the image runs it) on 127.0.0.1 on a model
-volume (train every step first: `python -m trainer run --steps all`), reads its memory once
-every published step is loaded, then sends `--requests` uploads per kind from `--clients`
-connections at once, each kind in turn: MNIST digits as 28x28 PNGs, photo-like uploads
-(tests/service/photos.py: JPEGs and PNGs of hundreds of pixels), and a tenth as many 12 MP
-phone photos (4000x3000 JPEGs, the expensive case), each to every published step in turn. It prints the process's resident memory (idle, after each kind,
-and its peak) and the CPU time one request of each kind costs (user + system, from /proc).
-Linux only (/proc); needs MNIST (MNIST_DIR) for the digits.
+Starts one worker of the service (`python -m service --workers 1`, as each pod runs it) on
+127.0.0.1 on a model volume (train every step first: `python -m trainer run --steps all`),
+reads its memory once every published step is loaded, then sends `--requests` uploads per kind
+from `--clients` connections at once, each kind in turn: MNIST digits as 28x28 PNGs,
+photo-like uploads (tests/service/photos.py: JPEGs and PNGs of hundreds of pixels), and a tenth
+as many 12 MP phone photos (4000x3000 JPEGs, the expensive case), each to every published step
+in turn. It prints the process's resident memory (idle, after each kind, and its peak) and the
+CPU time one request of each kind costs (user + system, from /proc). Linux only (/proc); needs
+MNIST (MNIST_DIR) for the digits.
 """
 
 from __future__ import annotations
@@ -104,7 +105,7 @@ def main() -> None:
         ],
     }
     env = os.environ | {"MODELS_DIR": str(args.models), "PYTHONPATH": str(ROOT)}
-    command = [sys.executable, "-m", "uvicorn", "service.app:app", "--host", "127.0.0.1"]
+    command = [sys.executable, "-m", "service", "--workers", "1", "--host", "127.0.0.1"]
     log = Path("/tmp/measure_service.log")
     with serve(lambda port: [*command, "--port", str(port)], env, ROOT, log) as (client, process):
         steps = client.get("/readyz").json()["steps"]

@@ -34,8 +34,6 @@ stopped and this exits with its status, for the orchestrator to restart the whol
 from __future__ import annotations
 
 import argparse
-import contextlib
-import math
 import os
 import shutil
 import signal
@@ -43,20 +41,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-from pathlib import Path
-
-CPU_MAX = Path("/sys/fs/cgroup/cpu.max")  # cgroup v2: "QUOTA PERIOD", or "max PERIOD"
-
-
-def cpu_count(cpu_max: Path = CPU_MAX) -> int:
-    """The cores this process may run on, capped by a cgroup v2 CPU quota (a container's
-    `--cpus`, a pod's CPU limit), which affinity does not show."""
-    cores = len(os.sched_getaffinity(0))
-    with contextlib.suppress(OSError, ValueError):
-        quota, period = cpu_max.read_text().split()
-        if quota != "max":
-            cores = min(cores, max(1, math.ceil(int(quota) / int(period))))
-    return cores
 
 
 def listening_socket(host: str, port: int, backlog: int = 2048) -> socket.socket:
@@ -77,6 +61,7 @@ def serve_worker(fd: int, options: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     from service import server
+    from service.settings import cpu_count
 
     parser = argparse.ArgumentParser(prog="python -m service", description=__doc__.split("\n")[0])
     server.add_arguments(parser)
@@ -98,7 +83,8 @@ def main(argv: list[str] | None = None) -> int:
         options += ["--timeout-graceful-shutdown", str(args.timeout_graceful_shutdown)]
 
     metrics = tempfile.mkdtemp(prefix="mnist-steps-metrics-")
-    env = os.environ | {"PROMETHEUS_MULTIPROC_DIR": metrics}
+    # Each worker knows how many share the cores (settings.cores_per_worker).
+    env = os.environ | {"PROMETHEUS_MULTIPROC_DIR": metrics, "WEB_CONCURRENCY": str(args.workers)}
     workers: list[subprocess.Popen[bytes]] = []
     signals: list[int] = []  # the signal that stopped us, if one did
 

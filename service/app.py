@@ -28,7 +28,7 @@ from service import telemetry
 from service.limits import RequestLimits
 from service.models import ModelRegistry
 from service.routes import lab, ops, predict, steps, v2
-from service.settings import Settings
+from service.settings import Settings, cores_per_worker
 from service.uploads import document_limits
 
 log = logging.getLogger(__name__)
@@ -89,7 +89,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.openapi_schema = None
     # CPU-bound work beyond the number of cores only queues up and holds decoded images in
     # memory; this caps how many requests decode and infer at once.
-    app.state.cpu = anyio.CapacityLimiter(len(os.sched_getaffinity(0)))
+    app.state.cpu = anyio.CapacityLimiter(cores_per_worker())
     poller = asyncio.create_task(poll(models, settings.poll_seconds))
     try:
         yield

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import math
+import os
 from pathlib import Path
 
 from pydantic import Field
@@ -77,3 +80,24 @@ class Settings(BaseSettings):
     retry_after_seconds: int = Field(
         1, ge=0, description="RETRY_AFTER_SECONDS: what a 503 for overload tells clients to wait"
     )
+
+
+CPU_MAX = Path("/sys/fs/cgroup/cpu.max")  # cgroup v2: "QUOTA PERIOD", or "max PERIOD"
+
+
+def cpu_count(cpu_max: Path = CPU_MAX) -> int:
+    """The cores this process may run on, capped by a cgroup v2 CPU quota (a container's
+    `--cpus`, a pod's CPU limit), which affinity does not show."""
+    cores = len(os.sched_getaffinity(0))
+    with contextlib.suppress(OSError, ValueError):
+        quota, period = cpu_max.read_text().split()
+        if quota != "max":
+            cores = min(cores, max(1, math.ceil(int(quota) / int(period))))
+    return cores
+
+
+def cores_per_worker() -> int:
+    """This worker's share of `cpu_count()` when `python -m service` runs WEB_CONCURRENCY
+    workers side by side (it sets that for them): how many decodes it runs at once."""
+    workers = int(os.environ.get("WEB_CONCURRENCY") or 1)
+    return max(1, cpu_count() // max(1, workers))

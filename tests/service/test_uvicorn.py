@@ -200,7 +200,7 @@ def test_python_m_service_runs_a_worker_per_core_on_one_port(tmp_path: Path) -> 
 def test_the_default_worker_count_follows_a_containers_cpu_quota(
     tmp_path: Path, cpu_max: str | None, cap: int | None
 ) -> None:
-    from service.__main__ import cpu_count
+    from service.settings import cpu_count
 
     path = tmp_path / "cpu.max"
     if cpu_max is not None:
