@@ -90,7 +90,9 @@ def old_url(old_volume: Path, tmp_path_factory: pytest.TempPathFactory) -> Itera
     yield from uvicorn(old_volume, tmp_path_factory.mktemp("logs") / "uvicorn-old.log")
 
 
-@pytest.fixture(scope="session")
+# Package-scoped: sync_playwright runs an event loop in this thread until it stops, and later
+# tests (tests/service/test_slow_clients.py) call asyncio.run, which a running loop forbids.
+@pytest.fixture(scope="package")
 def browser():
     if not CHROMIUM.exists():
         message = "Chromium not found: apt-get install chromium chromium-driver (as .ci/run does)"
