@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from matplotlib.text import Text
 
 from tests.conftest import ROOT
 from tests.volume_fixtures import fake_metrics, fake_summary
@@ -61,12 +62,15 @@ def test_report_from_a_volume(tmp_path: Path) -> None:
     assert report.write_report(tmp_path / "reports").read_bytes() == first
     text = first.decode()
     assert (
-        "| 3 | `lighter` | 20,954 | 4 | 99.70 (4) | 98.50 (3) | 98.00 / 98.50 / 98.40 | 1 |" in text
+        "| 3 | `lighter` | 20,954 | 4 | 99.70 (4) | 98.50 (3) | 98.00 / 98.50 / 98.40 | 1 "
+        "| 98.40 | 98.00 |" in text
     )
     # lighter's best epoch: train 99.6 vs test 98.5, a 1.1-point gap: over-fitting.
     assert "Train-test gap at the best epoch: +1.10 points" in text and "over-fitting:" in text
     # gap's best epoch 3: train 98.5 < test 99.1: no over-fitting; compared with lighter.
     assert "Train-test gap at the best epoch: -0.60 points" in text
+    # Its recipe has no augmentation and its layers no dropout: the cause given is the only one.
+    assert "(train accuracy is averaged over an epoch of improving weights, test" in text
     assert (
         "Against `lighter`: 9,490 params vs 20,954 (0.45x), best test accuracy +0.60 points" in text
     )
@@ -96,3 +100,68 @@ def test_every_number_in_the_readme_table_is_the_metrics() -> None:
     table = report.comparison_table(report.load_runs(COMMITTED / "runs"))
     rows = [line for line in section.splitlines() if re.match(r"^\| \d+ \| `", line)]
     assert rows == table[2:] and len(rows) >= 1
+
+
+def run_with(recipe: dict, layer_types: list[str], train: float, test: float) -> report.Run:
+    rows = [
+        fake_summary("gap").layers[0].model_copy(update={"type": t, "name": f"{t}-{i}"})
+        for i, t in enumerate(layer_types)
+    ]
+    summary = fake_summary("gap").model_copy(update={"layers": rows})
+    metrics = fake_metrics("gap").model_copy(
+        update={"recipe": recipe, "epochs": epochs([test, test - 0.1], [train, train])}
+    )
+    return report.Run(1, metrics, summary)
+
+
+@pytest.mark.parametrize(
+    ("recipe", "layers", "train", "test", "said", "not_said"),
+    [
+        # setup: no augmentation, no dropout, test above train: only the averaging is the cause.
+        ({"schedule": "constant"}, ["Conv2d"], 97.8, 98.5, ["averaged over an epoch"],
+         ["rotated", "shifted", "dropout"]),
+        ({"rotation": 5.0, "translate": 0.03}, ["Conv2d"], 99.2, 99.5,
+         ["rotated up to 5.0 degrees and shifted up to 3%", "averaged"], ["dropout"]),
+        ({}, ["Conv2d", "Dropout"], 98.7, 99.1, ["dropout is on while training", "averaged"],
+         ["rotated"]),
+        # Within a tenth of a point either way is noise, not a difference to explain.
+        ({"rotation": 5.0}, ["Dropout"], 99.40, 99.40, ["no significant over-fitting"],
+         ["above train", "-0.00"]),
+        ({}, ["Conv2d"], 99.9, 99.3, ["+0.60 points", "over-fitting: the model fits"], []),
+    ],
+)  # fmt: skip
+def test_the_analysis_gives_only_causes_the_recipe_has(
+    recipe: dict, layers: list[str], train: float, test: float, said: list[str], not_said: list[str]
+) -> None:
+    text = " ".join(report.analysis(run_with(recipe, layers, train, test), None))
+    assert all(s in text for s in said), text
+    assert not any(s in text for s in not_said), text
+
+
+@pytest.mark.parametrize(
+    ("schedule", "said"),
+    [("onecycle", "OneCycle has annealed"), ("constant", "still rising")],
+)
+def test_a_best_last_epoch_is_explained_by_the_schedule(schedule: str, said: str) -> None:
+    run = run_with({"schedule": schedule}, ["Conv2d"], 99.0, 99.0)
+    best_last = run.metrics.model_copy(update={"epochs": epochs([98.0, 99.0], [98.0, 99.0])})
+    best_last = best_last.model_copy(update={"best_epoch": 2})
+    assert said in " ".join(report.analysis(report.Run(1, best_last, run.summary), None))
+
+
+@pytest.mark.skipif(not (COMMITTED / "runs").exists(), reason="no committed runs yet")
+def test_the_accuracy_plot_labels_never_overlap_and_mark_the_assignment() -> None:
+    fig = report.params_figure(report.load_runs(COMMITTED / "runs"))
+    renderer = fig.canvas.get_renderer()
+    (ax,) = fig.axes
+    labels = list(ax.texts)
+    assert len(labels) == len(report.load_runs(COMMITTED / "runs"))
+    # The text alone (an Annotation's own extent includes its leader line).
+    boxes = [Text.get_window_extent(t, renderer) for t in labels]
+    boxes.append(ax.get_legend().get_window_extent(renderer))
+    for i, a in enumerate(boxes):
+        for b in boxes[i + 1 :]:
+            assert not a.overlaps(b), (a, b)
+    assert all(ax.bbox.contains(*box.p0) and ax.bbox.contains(*box.p1) for box in boxes)
+    lines = {(tuple(line.get_xdata()), tuple(line.get_ydata())) for line in ax.lines}
+    assert ((0, 1), (99.4, 99.4)) in lines and ((8000, 8000), (0, 1)) in lines
