@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import shutil
@@ -260,13 +261,15 @@ def test_service_has_no_capabilities_and_cannot_gain_privileges() -> None:
 
 
 def test_service_limits_fit_the_soak_and_the_settings() -> None:
-    """The memory limit holds the soak's peak plus every upload MAX_REQUESTS can hold at once
+    """The memory limit holds, for each worker (`python -m service` runs one per core of the
+    container's `cpus`), the soak's peak plus every upload its MAX_REQUESTS can hold at once
     (each body twice, its chunks then joined); open files hold MAX_CONNECTIONS sockets."""
     from service.settings import Settings
 
     service, settings = services()["service"], Settings()
+    workers = math.ceil(float(service["cpus"]))
     uploads_mb = settings.max_requests * 2 * settings.max_upload_bytes / 2**20
-    assert megabytes(str(service["mem_limit"])) >= SOAK_PEAK_MB + uploads_mb
+    assert megabytes(str(service["mem_limit"])) >= workers * (SOAK_PEAK_MB + uploads_mb)
     assert float(service["cpus"]) >= 1
     assert int(service["pids_limit"]) >= 100  # uvicorn, 40 pool threads, onnxruntime's
     assert int(service["ulimits"]["nofile"]) > settings.max_connections + 100
@@ -284,5 +287,5 @@ def test_compose_keeps_the_hardening_and_limits() -> None:
     service = compose_config()["services"]["service"]
     assert service["cap_drop"] == ["ALL"]
     assert "no-new-privileges:true" in service["security_opt"]
-    assert megabytes(str(service["mem_limit"])) >= 1024  # 1.29 prints "1g", v2 bytes
+    assert megabytes(str(service["mem_limit"])) >= 2048  # 1.29 prints "2g", v2 bytes
     assert str(service["ulimits"]["nofile"]) in ("4096", "{'soft': 4096, 'hard': 4096}")
