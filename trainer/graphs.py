@@ -57,6 +57,8 @@ def why_not(recipe: Recipe, device: torch.device) -> str | None:
         return f"CUDA graphs need a CUDA device, not {device.type}"
     if recipe.optimizer != "sgd":
         return f"no capturable update for the {recipe.optimizer!r} optimizer here (SGD only)"
+    if recipe.ema:
+        return "the weight average (recipe.ema) is not captured here"
     return None
 
 

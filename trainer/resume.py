@@ -146,11 +146,13 @@ def snapshot(
     history: list[EpochMetrics],
     best_epoch: int,
     best_state: dict[str, torch.Tensor],
+    ema: nn.Module | None = None,
 ) -> dict[str, Any]:
     """Everything `fit` needs to go on after the epoch it just finished, copied (state_dict()
     returns the live tensors, which the next epoch changes in place)."""
     return {
         "model": copy.deepcopy(model.state_dict()),
+        "ema": copy.deepcopy(ema.state_dict()) if ema is not None else None,
         "optimizer": copy.deepcopy(optimizer.state_dict()),
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
         "rng": rng_states(),
@@ -165,9 +167,12 @@ def restore(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler | None,
+    ema: nn.Module | None = None,
 ) -> tuple[list[EpochMetrics], int, dict[str, torch.Tensor]]:
     """Put a snapshot back; return (history, best epoch, best weights). RNGs are set last."""
     model.load_state_dict(state["model"])
+    if ema is not None:
+        ema.load_state_dict(state["ema"])
     optimizer.load_state_dict(state["optimizer"])
     if scheduler is not None:
         scheduler.load_state_dict(state["scheduler"])

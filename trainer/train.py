@@ -10,6 +10,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from trainer.data import Split, batches
@@ -58,6 +59,23 @@ def make_scheduler(
     return None
 
 
+def make_ema(model: nn.Module, recipe: Recipe) -> AveragedModel | None:
+    """The exponential moving average of ``model``'s weights and BatchNorm statistics that
+    ``recipe.ema`` asks for (torch's own ``AveragedModel``), or None.
+
+    Its decay warms up as timm's ModelEmaV3 does, (1 + n) / (10 + n) after n updates until it
+    reaches ``recipe.ema``: a constant 0.999 would keep a third of the first weights after a
+    thousand steps, and a short run's average would be its random start."""
+    if not recipe.ema:
+        return None
+
+    def update(averaged: list[torch.Tensor], current: list[torch.Tensor], n: torch.Tensor) -> None:
+        done = n.item()
+        get_ema_multi_avg_fn(min(recipe.ema, (1 + done) / (10 + done)))(averaged, current, n)
+
+    return AveragedModel(model, multi_avg_fn=update, use_buffers=True)
+
+
 def train_one_epoch(
     model: nn.Module,
     data: Split,
@@ -66,8 +84,10 @@ def train_one_epoch(
     recipe: Recipe,
     progress: bool = True,
     description: str = "",
+    ema: AveragedModel | None = None,
 ) -> tuple[float, float]:
-    """One pass over ``data``; returns (mean loss, accuracy %) on the augmented batches."""
+    """One pass over ``data``; returns (mean loss, accuracy %) on the augmented batches.
+    ``ema``, if given, is updated after every optimizer step."""
     model.train()
     loss_sum = torch.zeros((), device=data.labels.device)
     correct = torch.zeros((), dtype=torch.long, device=data.labels.device)
@@ -83,6 +103,8 @@ def train_one_epoch(
         loss = F.cross_entropy(output, y, label_smoothing=recipe.label_smoothing)
         loss.backward()
         optimizer.step()
+        if ema is not None:
+            ema.update_parameters(model)
         if scheduler is not None and per_batch:
             scheduler.step()
         # Accumulate on the device; a .item() per batch would sync the GPU every step.
@@ -138,15 +160,19 @@ def fit(
     epoch, ``save`` (if given) gets everything needed to go on from there (trainer/resume.py);
     ``resume``, such a snapshot, continues a run after the last epoch it completed. With
     ``cuda_graphs`` each training and test step is captured once and replayed (on CUDA, for
-    SGD recipes; otherwise one line says why and this loop runs as it is).
+    SGD recipes; otherwise one line says why and this loop runs as it is). Under
+    ``recipe.ema`` the average is what is tested and kept; the log line adds the raw weights'
+    test accuracy, to show what the average adds.
     """
     optimizer = make_optimizer(model, recipe)
     steps_per_epoch = -(-len(train) // recipe.batch_size)
     scheduler = make_scheduler(optimizer, recipe, steps_per_epoch)
+    ema = make_ema(model, recipe)
+    tested = model if ema is None else ema.module  # the weights that are tested and kept
     history: list[EpochMetrics] = []
     best_epoch, best_state = 0, dict[str, torch.Tensor]()
     if resume is not None:
-        history, best_epoch, best_state = restore(resume, model, optimizer, scheduler)
+        history, best_epoch, best_state = restore(resume, model, optimizer, scheduler, ema)
     graphed = None
     if cuda_graphs:  # after restoring: the graph takes over the optimizer's buffers and step
         from trainer.graphs import graph_trainer  # it builds on this module
@@ -157,9 +183,9 @@ def fit(
         desc = f"{name} {epoch}/{recipe.epochs}"
         if graphed is None:
             train_loss, train_acc = train_one_epoch(
-                model, train, optimizer, scheduler, recipe, progress, desc
+                model, train, optimizer, scheduler, recipe, progress, desc, ema
             )
-            test_loss, test_acc = evaluate(model, test)
+            test_loss, test_acc = evaluate(tested, test)
         else:
             train_loss, train_acc = graphed.train_one_epoch(progress, desc)
             test_loss, test_acc = graphed.evaluate()
@@ -178,12 +204,14 @@ def fit(
         )
         if not best_state or test_acc > history[best_epoch - 1].test_accuracy:
             best_epoch = epoch
-            best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+            best_state = {k: v.detach().cpu().clone() for k, v in tested.state_dict().items()}
         if save is not None:  # before the epoch's line: a logged epoch is never lost
-            save(snapshot(model, optimizer, scheduler, history, best_epoch, best_state))
+            save(snapshot(model, optimizer, scheduler, history, best_epoch, best_state, ema))
         if log:
+            raw = f" (raw weights {evaluate(model, test)[1]:.2f}%)" if ema is not None else ""
             tqdm.write(
                 f"{name} epoch {epoch:2d}: train loss {train_loss:.4f} acc {train_acc:.2f}% | "
-                f"test loss {test_loss:.4f} acc {test_acc:.2f}% | lr {lr:.5f} | {seconds:.1f}s"
+                f"test loss {test_loss:.4f} acc {test_acc:.2f}%{raw} | lr {lr:.5f} | "
+                f"{seconds:.1f}s"
             )
     return FitResult(history, best_epoch, best_state, graphed is not None and graphed.graphed)

@@ -91,6 +91,7 @@ STEPS: tuple[StepInfo, ...] = (
     StepInfo("dropout", "With Dropout"),
     StepInfo("gap", "GAP"),
     StepInfo("scheduler", "With Learning rate Scheduler"),
+    StepInfo("tiny", "Beyond the Assignment: Under 4,000 Parameters"),
 )
 STEP_SLUGS: tuple[str, ...] = tuple(s.slug for s in STEPS)
 STEPS_BY_SLUG: dict[str, StepInfo] = {s.slug: s for s in STEPS}
