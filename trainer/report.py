@@ -118,9 +118,15 @@ def why_test_is_higher(run: Run) -> str:
         causes.append(f"training images are {' and '.join(augmentation)}, test images are not")
     if any(row.type.startswith("Dropout") for row in run.summary.layers):
         causes.append("dropout is on while training and off while testing")
+    if recipe.get("ema"):
+        causes.append(
+            "the tested weights are an average over the last steps' (recipe.ema), train "
+            "accuracy is counted with the raw weights of each step"
+        )
+    final = "average" if recipe.get("ema") else "weights"
     causes.append(
         "train accuracy is averaged over an epoch of improving weights, test accuracy is "
-        "measured with the epoch's final ones"
+        f"measured with the epoch's final {final}"
     )
     return "; ".join(causes)
 

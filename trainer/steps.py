@@ -284,14 +284,15 @@ class SeparableNet(nn.Module):
     after every one, GAP and a 1x1 classifier. The two convolutions at 28x28 are full ones
     (with one input channel they cost little); after the first pool every convolution is
     depthwise-separable, so that the parameters go to width where the digit's strokes are
-    combined. ``widths`` are the six convolutions' output channels."""
+    combined. ``widths`` are the six convolutions' output channels; the first ``full`` are full
+    convolutions, the rest separable."""
 
-    def __init__(self, widths: tuple[int, int, int, int, int, int]) -> None:
+    def __init__(self, widths: tuple[int, int, int, int, int, int], full: int = 2) -> None:
         super().__init__()
         c = (1, *widths)
         self.convs = nn.ModuleList(
             nn.Conv2d(c[i], c[i + 1], 3, padding=1, bias=False)
-            if i < 2
+            if i < full
             else Separable(c[i], c[i + 1])
             for i in range(6)
         )
@@ -362,4 +363,4 @@ class SchedulerNet(SeparableNet):
 )
 class TinyNet(SeparableNet):
     def __init__(self) -> None:
-        super().__init__((8, 10, 20, 24, 28, 20))
+        super().__init__((8, 16, 24, 24, 28, 24), full=1)

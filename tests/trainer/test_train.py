@@ -16,7 +16,7 @@ from tests.conftest import ROOT
 from trainer.cli import parse_overrides, step_at_index
 from trainer.data import read_mnist_folder
 from trainer.steps import get_step
-from trainer.train import fit, make_optimizer, make_scheduler
+from trainer.train import evaluate, fit, make_ema, make_optimizer, make_scheduler
 from volume import STEP_SLUGS, read_index, read_version
 
 
@@ -43,6 +43,36 @@ def test_same_seed_same_numbers_on_cpu(mnist_dir: Path) -> None:
     assert runs[0].epochs[0].model_copy(update={"seconds": 0}) == runs[1].epochs[0].model_copy(
         update={"seconds": 0}
     )
+
+
+def test_the_weight_average_warms_up_then_decays_at_the_recipes_rate() -> None:
+    recipe = replace(get_step("tiny").recipe, ema=0.2)  # reached at the third update
+    model = torch.nn.Linear(1, 1, bias=False)
+    ema = make_ema(model, recipe)
+    assert ema is not None and make_ema(model, replace(recipe, ema=0.0)) is None
+    expected = None
+    for n, weight in enumerate([4.0, 8.0, 2.0, 6.0]):
+        with torch.no_grad():
+            model.weight.fill_(weight)
+        ema.update_parameters(model)
+        # The first update copies; then decay (1 + n) / (10 + n), at most recipe.ema.
+        decay = min(recipe.ema, (1 + n) / (10 + n))
+        expected = weight if expected is None else decay * expected + (1 - decay) * weight
+        assert ema.module.weight.item() == pytest.approx(expected), n
+
+
+def test_an_averaged_recipe_tests_and_keeps_the_average(mnist_dir: Path) -> None:
+    mnist = read_mnist_folder(mnist_dir)
+    train, test = mnist.train.head(640), mnist.test.head(500)
+    recipe = replace(get_step("tiny").recipe, epochs=2)
+    torch.manual_seed(3)
+    model = get_step("tiny").build()
+    result = fit(model, train, test, recipe, progress=False, log=False)
+    kept = get_step("tiny").build()
+    kept.load_state_dict(result.best_state)
+    assert evaluate(kept, test)[1] == result.best.test_accuracy  # what was tested was kept
+    raw = {k: v for k, v in model.state_dict().items() if v.is_floating_point()}
+    assert any(not torch.equal(v, result.best_state[k]) for k, v in raw.items())
 
 
 @pytest.mark.slow
