@@ -350,7 +350,7 @@ FINAL = Recipe(
 )
 class SchedulerNet(SeparableNet):
     def __init__(self) -> None:
-        super().__init__((12, 14, 32, 32, 40, 40))
+        super().__init__((12, 24, 32, 40, 40, 44), full=1)
 
 
 @register_step(
