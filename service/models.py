@@ -59,10 +59,10 @@ class LoadedModel:
 
 
 def session_options(threads: int) -> ort.SessionOptions:
-    """Settings shared by every session: the service runs up to seven of them side by side."""
+    """Settings shared by every session: the service runs one a step (eight) side by side."""
     options = ort.SessionOptions()
-    # By default each session starts one intra-op thread per core; seven sessions would put
-    # seven threads on every core. These models are tiny, so `threads` (1 by default) per run
+    # By default each session starts one intra-op thread per core; eight sessions would put
+    # eight threads on every core. These models are tiny, so `threads` (1 by default) per run
     # is enough, and concurrent requests use the other cores.
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1

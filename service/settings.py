@@ -34,7 +34,7 @@ class Settings(BaseSettings):
     )
     # The models are tiny (a few MFLOPs per image), so one thread per inference is enough; the
     # parallelism comes from requests running side by side in the thread pool. onnxruntime's
-    # default (one spinning thread per core in every session) would put seven sessions' threads
+    # default (one spinning thread per core in every session) would put eight sessions' threads
     # on every core.
     inference_threads: int = Field(
         1, gt=0, description="INFERENCE_THREADS: onnxruntime intra-op threads per session"

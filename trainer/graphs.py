@@ -42,6 +42,7 @@ from functools import partial
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
 from trainer.data import Split, batch
@@ -57,8 +58,6 @@ def why_not(recipe: Recipe, device: torch.device) -> str | None:
         return f"CUDA graphs need a CUDA device, not {device.type}"
     if recipe.optimizer != "sgd":
         return f"no capturable update for the {recipe.optimizer!r} optimizer here (SGD only)"
-    if recipe.ema:
-        return "the weight average (recipe.ema) is not captured here"
     return None
 
 
@@ -185,8 +184,14 @@ class GraphTrainer:
         capture: bool = True,
         name: str = "",
         log: bool = True,
+        ema: AveragedModel | None = None,
     ) -> None:
         self.model, self.train, self.test, self.recipe = model, train, test, recipe
+        # The weight average is updated after each replay, outside the graph: a few foreach
+        # kernels and one sync a step (its decay is read on the host), against a graph's
+        # dozens of launches saved. The test step runs on what fit() tests and keeps.
+        self.ema = ema
+        self.tested = model if ema is None else ema.module
         self.optimizer, self.scheduler = optimizer, scheduler
         self.capture, self.name, self.log = capture, name, log
         device = train.labels.device
@@ -259,7 +264,7 @@ class GraphTrainer:
     @torch.no_grad()
     def _test_step(self, indices: Tensor) -> None:
         x, y = batch(self.test, indices)
-        output = self.model(x)
+        output = self.tested(x)
         self.test_loss += F.nll_loss(output, y, reduction="sum")
         self.test_correct += (output.argmax(1) == y).sum()
 
@@ -330,7 +335,7 @@ class GraphTrainer:
         if not self._train_steps:
             return train_one_epoch(
                 self.model, self.train, self.optimizer, self.scheduler, self.recipe, progress,
-                description,
+                description, self.ema,
             )  # fmt: skip
         self.train_loss.zero_()
         self.train_correct.zero_()
@@ -340,6 +345,8 @@ class GraphTrainer:
         )
         for indices in bar:
             self._train_steps[len(indices)]()
+            if self.ema is not None:
+                self.ema.update_parameters(self.model)
         self.done += self.steps_per_epoch
         self._leave_optimizer_where_the_plain_loop_would()
         n = len(self.train)
@@ -347,11 +354,11 @@ class GraphTrainer:
 
     def evaluate(self) -> tuple[float, float]:
         """(mean loss, accuracy %) on the test split in eval mode, as ``evaluate()`` returns."""
-        self.model.eval()
+        self.tested.eval()
         if self._test_steps is None:
             self._test_steps = self._prepare(self._test_step, self.test_batches, "test")
         if not self._test_steps:
-            return evaluate(self.model, self.test)
+            return evaluate(self.tested, self.test)
         self.test_loss.zero_()
         self.test_correct.zero_()
         for indices in self.test_batches.epoch(shuffle=False):
@@ -381,6 +388,7 @@ def graph_trainer(
     scheduler: torch.optim.lr_scheduler.LRScheduler | None,
     name: str = "",
     log: bool = True,
+    ema: AveragedModel | None = None,
 ) -> GraphTrainer | None:
     """A GraphTrainer for ``model``, or None (and one line on stderr saying why) when its
     recipe or device cannot train under CUDA graphs."""
@@ -388,4 +396,4 @@ def graph_trainer(
     if reason is not None:
         print(f"cuda graphs: {name} trains eagerly: {reason}", file=sys.stderr)
         return None
-    return GraphTrainer(model, train, test, recipe, optimizer, scheduler, True, name, log)
+    return GraphTrainer(model, train, test, recipe, optimizer, scheduler, True, name, log, ema)

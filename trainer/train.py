@@ -177,7 +177,7 @@ def fit(
     if cuda_graphs:  # after restoring: the graph takes over the optimizer's buffers and step
         from trainer.graphs import graph_trainer  # it builds on this module
 
-        graphed = graph_trainer(model, train, test, recipe, optimizer, scheduler, name, log)
+        graphed = graph_trainer(model, train, test, recipe, optimizer, scheduler, name, log, ema)
     for epoch in range(len(history) + 1, recipe.epochs + 1):
         start = time.perf_counter()
         desc = f"{name} {epoch}/{recipe.epochs}"
