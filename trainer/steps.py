@@ -363,4 +363,4 @@ class SchedulerNet(SeparableNet):
 )
 class TinyNet(SeparableNet):
     def __init__(self) -> None:
-        super().__init__((8, 16, 24, 24, 28, 24), full=1)
+        super().__init__((8, 22, 24, 24, 24, 24), full=1)
