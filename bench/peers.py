@@ -71,7 +71,7 @@ from bench.serve import (  # noqa: E402
     write_specs,
 )
 from tests.service.photos import load_mnist, photo_like_set  # noqa: E402
-from volume import STEP_SLUGS, read_index, version_folder  # noqa: E402
+from volume import FINAL_STEP, STEP_SLUGS, read_index, version_folder  # noqa: E402
 
 FRAMEWORKS = ("litserve", "bentoml", "torchserve")
 APPS = ("ours", "tutorial", *FRAMEWORKS)
@@ -431,7 +431,7 @@ def main() -> None:
         trained = [s for s in STEP_SLUGS if s in index.steps]
         if not trained:
             sys.exit(f"no step is published in {models_dir}: run `python -m trainer run` first")
-        step = trained[-1]
+        step = FINAL_STEP if FINAL_STEP in trained else trained[-1]
         version = index.steps[step].version
         model = version_folder(models_dir, step, version) / "model.onnx"
 

@@ -57,7 +57,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run from anywhere
 
 from tests.service.photos import load_mnist  # noqa: E402
-from volume import STEP_SLUGS  # noqa: E402
+from volume import FINAL_STEP, STEP_SLUGS  # noqa: E402
 
 APPS = {"bare": "bench.bare_app:app", "ours": "service.app:app"}
 # The service's production command line (docker/service.Dockerfile), less host and port.
@@ -106,7 +106,7 @@ def make_uploads(digits: np.ndarray) -> list[Upload]:
 
 def train_volume(out: Path, mnist_dir: Path, limit: int) -> None:
     """One short epoch of the final step, published into `out` by the real trainer."""
-    command = [sys.executable, "-m", "trainer", "run", "--steps", STEP_SLUGS[-1], "--epochs", "1"]
+    command = [sys.executable, "-m", "trainer", "run", "--steps", FINAL_STEP, "--epochs", "1"]
     command += ["--limit", str(limit), "--data-dir", str(mnist_dir), "--out", str(out), "--quiet"]
     print(f"training a volume: {' '.join(command[1:])}", flush=True)
     subprocess.run(command, cwd=ROOT, check=True, timeout=900)
@@ -137,7 +137,7 @@ def in_process(
     trained = [s for s in STEP_SLUGS if s in registry.models]
     if not trained:
         sys.exit(f"no step is published in {models_dir}: run `python -m trainer run` first")
-    model = registry.models[step or trained[-1]]
+    model = registry.models[step or (FINAL_STEP if FINAL_STEP in trained else trained[-1])]
     one = images.normalise(digits[0].astype(np.float32))[None]
     batch = np.stack([images.normalise(d.astype(np.float32)) for d in digits[:256]])
     model.predict(batch)  # warm up

@@ -71,7 +71,7 @@ from trainer.data import Split, read_mnist_folder  # noqa: E402
 from trainer.graphs import GraphTrainer  # noqa: E402
 from trainer.steps import Recipe, get_step  # noqa: E402
 from trainer.train import evaluate, make_optimizer, make_scheduler, train_one_epoch  # noqa: E402
-from volume import METRICS_FILE, STEP_SLUGS, SUMMARY_FILE, Metrics, read_current  # noqa: E402
+from volume import FINAL_STEP, METRICS_FILE, STEP_SLUGS, SUMMARY_FILE, Metrics, read_current  # noqa: E402
 
 MNIST_TRAIN_IMAGES = 60_000
 
@@ -441,7 +441,7 @@ def compare_graphs(args: argparse.Namespace, steps: list[str], folder: Path) -> 
         if out is not None:
             runs_archive(done, out / "runs.tar.gz")
 
-    final = STEP_SLUGS[-1]
+    final = FINAL_STEP
     eager = next((r for r in done if r.name == "eager"), None)
     graphs = [r for r in done if r.name == "graphs"]
     devices = sorted({m.provenance.device for r in done for m in (r.metrics or {}).values()})
@@ -495,7 +495,7 @@ def main() -> None:
     )
     parser.add_argument("--out", type=Path, help="--compare-graphs: keep its outputs in DIR")
     args = parser.parse_args()
-    final = STEP_SLUGS[-1]
+    final = FINAL_STEP
     steps = list(dict.fromkeys([*parse_steps(args.steps), final]))  # the baseline's step too
 
     if args.compare_graphs:

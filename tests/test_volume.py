@@ -19,6 +19,7 @@ from tests.volume_fixtures import fake_metrics, fake_summary
 from volume import (
     INDEX_FILE,
     MODEL_FILE,
+    STEPS,
     SUMMARY_FILE,
     UnknownStepError,
     VolumeError,
@@ -37,13 +38,22 @@ def publish_fake(root: Path, step: str = "gap", payload: bytes = b"onnx", keep: 
 
 @pytest.mark.parametrize(
     ("name", "slug"),
-    [("gap", "gap"), ("GAP", "gap"), ("1", "setup"), ("7", "scheduler"), (" 6 ", "gap")],
+    [
+        ("gap", "gap"),
+        ("GAP", "gap"),
+        ("1", "setup"),
+        ("7", "scheduler"),
+        (" 6 ", "gap"),
+        ("8", "tiny"),
+    ],
 )
 def test_resolve_step(name: str, slug: str) -> None:
     assert resolve_step(name) == slug
 
 
-@pytest.mark.parametrize("name", ["0", "8", "../x", "%2e%2e", "", "gap/../setup", "-1"])
+@pytest.mark.parametrize(
+    "name", ["0", str(len(STEPS) + 1), "../x", "%2e%2e", "", "gap/../setup", "-1"]
+)
 def test_resolve_unknown_step(name: str) -> None:
     with pytest.raises(UnknownStepError, match="unknown step"):
         resolve_step(name)

@@ -215,8 +215,8 @@ def plot_step(run: Run, path: Path) -> None:
 
 def params_figure(runs: dict[str, list[Run]]):  # -> matplotlib Figure (imported lazily)
     """Best test accuracy against parameters, one labelled point per step, and the assignment's
-    target as a shaded corner. Labels sit in a column right of the points, spread apart
-    vertically and joined to their points by a line, so steps of the same size (``batchnorm``
+    target as a shaded corner. Labels sit right of the points (left where another point is near
+    on the right), spread apart vertically and joined to their points by a line, so steps of the same size (``batchnorm``
     and ``dropout``) never overlap."""
     import matplotlib
 
@@ -240,9 +240,13 @@ def params_figure(runs: dict[str, list[Run]]):  # -> matplotlib Figure (imported
     for m in sorted(shown, key=lambda m: m.best_test_accuracy):
         label_y = max(m.best_test_accuracy, label_y + gap)
         ax.scatter(m.params, m.best_test_accuracy, color="tab:blue", zorder=3)
+        # Right of its point, or left where the next point to the right would sit in the text.
+        nearest = min((o.params for o in shown if o.params > m.params), default=float("inf"))
+        left_side = nearest < 3 * m.params
         ax.annotate(
             f"{m.number}. {m.step}", (m.params, m.best_test_accuracy),
-            xytext=(m.params * 1.8, label_y), fontsize=9, va="center",
+            xytext=(m.params / 1.8 if left_side else m.params * 1.8, label_y), fontsize=9,
+            va="center", ha="right" if left_side else "left",
             arrowprops={"arrowstyle": "-", "color": "0.6", "lw": 0.8},
         )  # fmt: skip
     high = max(high, label_y + gap)

@@ -69,8 +69,10 @@ def make_ema(model: nn.Module, recipe: Recipe) -> AveragedModel | None:
     if not recipe.ema:
         return None
 
-    def update(averaged: list[torch.Tensor], current: list[torch.Tensor], n: torch.Tensor) -> None:
-        done = n.item()
+    Tensors = tuple[torch.Tensor, ...] | list[torch.Tensor]
+
+    def update(averaged: Tensors, current: Tensors, n: torch.Tensor | int) -> None:
+        done = int(n)  # AveragedModel's count of updates so far
         get_ema_multi_avg_fn(min(recipe.ema, (1 + done) / (10 + done)))(averaged, current, n)
 
     return AveragedModel(model, multi_avg_fn=update, use_buffers=True)

@@ -13,7 +13,10 @@ from bench import train_steps as bench
 from tests.bench.runner import run_bench
 from tests.service.conftest import publish
 from tests.volume_fixtures import fake_metrics
+from trainer.steps import all_steps, count_params
 from volume import Metrics
+
+PARAMS = {step.slug: f"{count_params(step.build()):,}" for step in all_steps()}  # as printed
 
 
 def with_epochs(seconds_and_accuracy: list[tuple[float, float]]) -> Metrics:
@@ -56,7 +59,7 @@ def test_train_steps_bench_runs_and_reports_a_ratio(mnist_dir: Path, tmp_path: P
     stdout = "\n".join(lines)
     assert lines[0] == "device: cpu; 300 training images per epoch", stdout
     # The final step is timed even when --steps leaves it out: the baseline is its epoch.
-    for number, step, params in ((6, "gap", "9,490"), (7, "scheduler", "7,862")):
+    for number, step, params in ((6, "gap", PARAMS["gap"]), (7, "scheduler", PARAMS["scheduler"])):
         row = (
             rf"\| {number} \| `{step}` \| {params} \| 2 \| [\d.]+ \| [\d.]+ \| [\d,]+ \| [\d.]+ \|"
         )
@@ -159,8 +162,8 @@ def test_compare_graphs_runs_end_to_end_on_the_cpu(mnist_dir: Path, tmp_path: Pa
     verdicts = [x.rsplit("|", 2)[-2].strip() for x in lines if x.startswith("| `")]
     assert verdicts == ["pass", "pass", "reported only"], stdout  # scheduler, batchnorm, dropout
     row = (
-        r"\| 7 \| `scheduler` \| 7,862 \| 1 \| [\d.]+ \| [\d.]+ \| [\d.]+x \| [\d.]+ \| [\d.]+ "
-        r"\| [\d.]+ \| [\d.]+ ± [\d.]+ \(2 seeds\) \|"
+        rf"\| 7 \| `scheduler` \| {PARAMS['scheduler']} \| 1 \| [\d.]+ \| [\d.]+ \| [\d.]+x \| "
+        r"[\d.]+ \| [\d.]+ \| [\d.]+ \| [\d.]+ ± [\d.]+ \(2 seeds\) \|"
     )
     assert any(re.fullmatch(row, x) for x in lines), stdout
     assert any("(this run is not the issue's" in x for x in lines), stdout

@@ -23,7 +23,7 @@ import pytest
 
 from tests.conftest import ROOT
 from tests.servers import serve
-from volume import OPTIONAL_FILES, STEP_SLUGS
+from volume import FINAL_STEP, OPTIONAL_FILES, STEP_SLUGS
 
 CHROMIUM = Path("/usr/bin/chromium")  # Debian's package `chromium` (.ci/run installs it)
 # The flags that work on this project's machines: no sandbox as root, and none of Chromium's
@@ -37,7 +37,7 @@ CHROMIUM_FLAGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-FINAL = "scheduler"  # the assignment's final step
+FINAL = FINAL_STEP  # the assignment's final step
 UNTRAINED = STEP_SLUGS[0]  # the slowest to train; its card shows the command instead
 SCREENSHOTS = Path(os.environ.get("LAB_SCREENSHOTS", ROOT / "build" / "lab-screenshots"))
 

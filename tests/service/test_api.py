@@ -17,6 +17,7 @@ from PIL import Image
 
 from service.app import keep_freed_memory
 from tests.service.conftest import MAX_IMAGE_PIXELS, MAX_UPLOAD_BYTES, publish, random_model
+from volume import STEPS
 
 
 def png(array: np.ndarray) -> bytes:
@@ -78,8 +79,9 @@ GETS = [
     ("/steps/lighter/metrics", 503, "not trained yet"),
     ("/steps/3/summary", 503, "python -m trainer run --steps lighter"),
     ("/steps/nope/metrics", 404, "unknown step 'nope'"),
-    ("/steps/0/metrics", 404, "a number 1-7"),
-    ("/steps/8/summary", 404, "unknown step"),
+    ("/steps/0/metrics", 404, f"a number 1-{len(STEPS)}"),
+    (f"/steps/{len(STEPS) + 1}/summary", 404, "unknown step"),
+    ("/steps/tiny/summary", 503, "python -m trainer run --steps tiny"),
     ("/steps/%2e%2e/metrics", 404, "unknown step '..'"),
     ("/steps/..%2Fvolume/metrics", 404, "Not Found"),
     ("/steps/%2e%2e%2f%2e%2e%2fetc%2fpasswd/summary", 404, "Not Found"),
@@ -107,7 +109,7 @@ def test_errors_are_json_with_a_detail(client: TestClient) -> None:
 
 def test_steps_lists_every_step_in_order(client: TestClient) -> None:
     steps = client.get("/steps").json()
-    assert [s["number"] for s in steps] == [1, 2, 3, 4, 5, 6, 7]
+    assert [(s["number"], s["slug"]) for s in steps] == [(i.number, i.slug) for i in STEPS]
     gap = steps[5]
     assert gap["trained"] and gap["params"] == 7850 and gap["version"]
     assert steps[0] == {
