@@ -66,12 +66,13 @@ from bench.serve import (  # noqa: E402
     make_uploads,
     measure,
     parse_levels,
+    step_to_serve,
     tail,
     train_volume,
     write_specs,
 )
 from tests.service.photos import load_mnist, photo_like_set  # noqa: E402
-from volume import FINAL_STEP, STEP_SLUGS, read_index, version_folder  # noqa: E402
+from volume import STEP_SLUGS, read_index, version_folder  # noqa: E402
 
 FRAMEWORKS = ("litserve", "bentoml", "torchserve")
 APPS = ("ours", "tutorial", *FRAMEWORKS)
@@ -431,7 +432,7 @@ def main() -> None:
         trained = [s for s in STEP_SLUGS if s in index.steps]
         if not trained:
             sys.exit(f"no step is published in {models_dir}: run `python -m trainer run` first")
-        step = FINAL_STEP if FINAL_STEP in trained else trained[-1]
+        step = step_to_serve(trained)
         version = index.steps[step].version
         model = version_folder(models_dir, step, version) / "model.onnx"
 

@@ -104,6 +104,11 @@ def make_uploads(digits: np.ndarray) -> list[Upload]:
     ]
 
 
+def step_to_serve(trained: list[str]) -> str:
+    """The assignment's final step where it is trained, else the last trained step."""
+    return FINAL_STEP if FINAL_STEP in trained else trained[-1]
+
+
 def train_volume(out: Path, mnist_dir: Path, limit: int) -> None:
     """One short epoch of the final step, published into `out` by the real trainer."""
     command = [sys.executable, "-m", "trainer", "run", "--steps", FINAL_STEP, "--epochs", "1"]
@@ -137,7 +142,7 @@ def in_process(
     trained = [s for s in STEP_SLUGS if s in registry.models]
     if not trained:
         sys.exit(f"no step is published in {models_dir}: run `python -m trainer run` first")
-    model = registry.models[step or (FINAL_STEP if FINAL_STEP in trained else trained[-1])]
+    model = registry.models[step or step_to_serve(trained)]
     one = images.normalise(digits[0].astype(np.float32))[None]
     batch = np.stack([images.normalise(d.astype(np.float32)) for d in digits[:256]])
     model.predict(batch)  # warm up

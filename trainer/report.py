@@ -15,7 +15,7 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
-from trainer.steps import REGISTRY
+from trainer.steps import get_step
 from volume import (
     METRICS_FILE,
     STEPS,
@@ -216,8 +216,8 @@ def plot_step(run: Run, path: Path) -> None:
 def params_figure(runs: dict[str, list[Run]]):  # -> matplotlib Figure (imported lazily)
     """Best test accuracy against parameters, one labelled point per step, and the assignment's
     target as a shaded corner. Labels sit right of the points (left where another point is near
-    on the right), spread apart vertically and joined to their points by a line, so steps of the same size (``batchnorm``
-    and ``dropout``) never overlap."""
+    on the right), spread apart vertically and joined to their points by a line, so steps of
+    the same size (``batchnorm`` and ``dropout``) never overlap."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -356,8 +356,7 @@ def render(runs: dict[str, list[Run]]) -> str:
         ]
         # The catalogue's objective, not the one a run recorded: a step's text is mended with
         # its design (the runs are of the same model; their numbers are what they recorded).
-        objective = REGISTRY[step].objective if step in REGISTRY else m.objective
-        out += ["### Objective:", "", objective, ""]
+        out += ["### Objective:", "", get_step(step).objective, ""]
         out += [
             "### Results:",
             f"* Total Parameters: {m.params:,}",

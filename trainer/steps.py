@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from itertools import pairwise
 
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -41,8 +42,8 @@ class Recipe:
     rotation: float = 0.0  # augmentation: random rotation in +-degrees, applied per image
     translate: float = 0.0  # augmentation: random shift up to this fraction of the image size
     ema: float = 0.0  # decay of an average of the weights kept every step; 0 = none. When set,
-    # the average (BatchNorm statistics too) is what is tested, kept and exported: it smooths
-    # the last epochs' noise of a model too small to average it out itself
+    # the average (BatchNorm statistics too) is what is tested, kept and exported: it is 0.1-0.3
+    # points ahead of the raw weights in the middle epochs, within 0.04 at the last (README)
     seed: int = (
         1  # seeds weights, shuffling and augmentation: the same seed, the same numbers on CPU
     )
@@ -287,10 +288,9 @@ class SeparableNet(nn.Module):
 
     def __init__(self, widths: tuple[int, int, int, int, int, int]) -> None:
         super().__init__()
-        c = (1, *widths)
         self.convs = nn.ModuleList(
             [nn.Conv2d(1, widths[0], 3, padding=1, bias=False)]
-            + [Separable(c[i], c[i + 1]) for i in range(1, 6)]
+            + [Separable(c_in, c_out) for c_in, c_out in pairwise(widths)]
         )
         self.norms = nn.ModuleList(nn.BatchNorm2d(w) for w in widths)
         self.relus = nn.ModuleList(nn.ReLU() for _ in widths)
