@@ -12,7 +12,7 @@ here so that the summary prints them; pooling the seed does not list is function
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from itertools import pairwise
 
 import torch.nn.functional as F
@@ -351,14 +351,20 @@ class SchedulerNet(SeparableNet):
         super().__init__((12, 24, 32, 40, 40, 44))
 
 
+# The tiny step's recipe: the final one with softened targets. Without them seed 2's last 3
+# epochs held 99.39-99.48 %; with them 99.44-99.47 % (README, "What got it there").
+TINY = replace(FINAL, label_smoothing=0.1)
+
+
 @register_step(
     "tiny",
-    FINAL,
+    TINY,
     """Beyond the assignment: the final model's design in under 4,000 parameters, >= 99.4 %
-    in each of its last 3 of 15 epochs. The same three stages, separable convolutions and
-    recipe; the channels are cut at 14x14 and 7x7 (24 instead of 32-44), where the separable
-    1x1s cost most, and kept at 28x28 (8 full filters, then 22 channels), where the strokes
-    are found.""",
+    in each of its last 3 of 15 epochs. The same three stages and separable convolutions;
+    the channels are cut at 14x14 and 7x7 (24 instead of 32-44), where the separable 1x1s
+    cost most, and kept at 28x28 (8 full filters, then 22 channels), where the strokes are
+    found. The recipe is the final one with label smoothing (0.1): the targets are softened,
+    so the few weights stop pushing the digits they already get right towards certainty.""",
 )
 class TinyNet(SeparableNet):
     def __init__(self) -> None:
