@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 from pathlib import Path
@@ -100,6 +101,28 @@ def test_every_number_in_the_readme_table_is_the_metrics() -> None:
     table = report.comparison_table(report.load_runs(COMMITTED / "runs"))
     rows = [line for line in section.splitlines() if re.match(r"^\| \d+ \| `", line)]
     assert rows == table[2:] and len(rows) >= 1
+
+
+def tried_rows() -> list[list[str]]:
+    """The rows of the README's "What got it there" table that name their metrics folder."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("### What got it there")[1].split("\n### ")[0]
+    cells = [[c.strip() for c in line.strip("|").split("|")] for line in section.splitlines()]
+    return [row for row in cells if len(row) == 10 and row[-1].startswith("`reports/")]
+
+
+@pytest.mark.skipif(not (COMMITTED / "REPORT.md").exists(), reason="no committed report yet")
+def test_every_tried_run_in_the_readme_is_its_metrics() -> None:
+    rows = tried_rows()
+    assert len(rows) >= 10
+    for step, params, _, _, seed, last3, final, held, _, folder in rows:
+        metrics = json.loads((ROOT / folder.strip("`") / "metrics.json").read_text())
+        tests = [e["test_accuracy"] for e in metrics["epochs"]]
+        assert (metrics["step"], metrics["params"], metrics["recipe"]["seed"]) == (
+            step.strip("`"), int(params.replace(",", "")), int(seed)
+        ), folder
+        assert last3 == " / ".join(f"{t:.2f}" for t in tests[-3:]), folder
+        assert (final, held) == (f"{tests[-1]:.2f}", "yes" if min(tests[-3:]) >= 99.4 else "**no**")
 
 
 def run_with(recipe: dict, layer_types: list[str], train: float, test: float) -> report.Run:
