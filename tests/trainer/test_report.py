@@ -118,9 +118,8 @@ def test_every_tried_run_in_the_readme_is_its_metrics() -> None:
     for step, params, _, _, seed, last3, final, held, _, folder in rows:
         metrics = json.loads((ROOT / folder.strip("`") / "metrics.json").read_text())
         tests = [e["test_accuracy"] for e in metrics["epochs"]]
-        assert (metrics["step"], metrics["params"], metrics["recipe"]["seed"]) == (
-            step.strip("`"), int(params.replace(",", "")), int(seed)
-        ), folder
+        recorded = (metrics["step"], metrics["params"], metrics["recipe"]["seed"])
+        assert recorded == (step.strip("`"), int(params.replace(",", "")), int(seed)), folder
         assert last3 == " / ".join(f"{t:.2f}" for t in tests[-3:]), folder
         assert (final, held) == (f"{tests[-1]:.2f}", "yes" if min(tests[-3:]) >= 99.4 else "**no**")
 
