@@ -364,9 +364,9 @@ TINY = replace(FINAL, ema=0.9995)
     in each of its last 3 of 15 epochs. The same three stages and separable convolutions;
     the channels are cut at 14x14 and 7x7 (24 instead of 32-44), where the separable 1x1s
     cost most, and kept at 28x28 (8 full filters, then 22 channels), where the strokes are
-    found. The recipe is the final one with a longer weight average (0.9995, about an
-    epoch's steps): at half the parameters the weights move more from batch to batch, and
-    the average evens that out.""",
+    found. The recipe is the final one with a longer weight average: a decay of 0.9995
+    averages about 2,000 steps, an epoch at batch 32, where the final step's 0.999 averages
+    half of one.""",
 )
 class TinyNet(SeparableNet):
     def __init__(self) -> None:
