@@ -363,3 +363,16 @@ class SchedulerNet(SeparableNet):
 class TinyNet(SeparableNet):
     def __init__(self) -> None:
         super().__init__((8, 22, 24, 24, 24, 24))
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.block(0, x)
+        x = self.block(1, x)
+        x = self.block(2, x)
+        x = self.pool(x)
+        x = self.block(3, x)
+        x = self.block(4, x)
+        x = self.pool(x)
+        x = self.block(5, x)
+        x = self.gap(x)
+        x = self.classifier(x)
+        return F.log_softmax(x.flatten(1), dim=1)
