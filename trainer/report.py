@@ -378,7 +378,9 @@ def render(runs: dict[str, list[Run]]) -> str:
 
 def recipe_line(recipe: dict[str, object]) -> str:
     keys = ["epochs", "batch_size", "optimizer", "lr", "schedule", "rotation", "translate", "seed"]
-    return ", ".join(f"{k} {recipe[k]}" for k in keys if k in recipe)
+    # Regularisers are named only where a recipe uses them: the steps differ by them alone.
+    extra = [k for k in ("weight_decay", "label_smoothing", "ema") if recipe.get(k)]
+    return ", ".join(f"{k} {recipe[k]}" for k in keys[:-1] + extra + keys[-1:] if k in recipe)
 
 
 def write_report(reports: Path) -> Path:

@@ -189,3 +189,17 @@ def test_the_accuracy_plot_labels_never_overlap_and_mark_the_assignment() -> Non
     assert all(ax.bbox.contains(*box.p0) and ax.bbox.contains(*box.p1) for box in boxes)
     lines = {(tuple(line.get_xdata()), tuple(line.get_ydata())) for line in ax.lines}
     assert ((0, 1), (99.4, 99.4)) in lines and ((8000, 8000), (0, 1)) in lines
+
+
+@pytest.mark.parametrize(
+    ("recipe", "line"),
+    [
+        ({"epochs": 15, "lr": 0.01, "ema": 0.0, "seed": 1}, "epochs 15, lr 0.01, seed 1"),
+        # The final and tiny steps differ by their weight average alone: the line must say so.
+        ({"epochs": 15, "ema": 0.9995, "seed": 2}, "epochs 15, ema 0.9995, seed 2"),
+        ({"lr": 0.05, "weight_decay": 5e-05, "label_smoothing": 0.1},
+         "lr 0.05, weight_decay 5e-05, label_smoothing 0.1"),
+    ],
+)  # fmt: skip
+def test_the_recipe_line_names_the_regularisers_a_recipe_uses(recipe: dict, line: str) -> None:
+    assert report.recipe_line(recipe) == line
