@@ -80,14 +80,19 @@ def collect(volume: Path, runs: Path) -> list[str]:
     return copied
 
 
+def load_run(folder: Path) -> Run:
+    """One run's committed metrics and summary (a ``seed-N`` folder of ``collect``)."""
+    metrics = Metrics.model_validate_json((folder / METRICS_FILE).read_bytes())
+    summary = Summary.model_validate_json((folder / SUMMARY_FILE).read_bytes())
+    return Run(metrics.provenance.seed, metrics, summary)
+
+
 def load_runs(runs: Path) -> dict[str, list[Run]]:
     """Every run under ``runs``, by step in the seed's order, seeds ascending."""
     found: dict[str, list[Run]] = {}
     for info in STEPS:
         for folder in sorted((runs / info.slug).glob("seed-*")):
-            metrics = Metrics.model_validate_json((folder / METRICS_FILE).read_bytes())
-            summary = Summary.model_validate_json((folder / SUMMARY_FILE).read_bytes())
-            found.setdefault(info.slug, []).append(Run(metrics.provenance.seed, metrics, summary))
+            found.setdefault(info.slug, []).append(load_run(folder))
         if info.slug in found:
             found[info.slug].sort(key=lambda r: r.seed)
     return found
@@ -377,10 +382,10 @@ def render(runs: dict[str, list[Run]]) -> str:
 
 
 def recipe_line(recipe: dict[str, object]) -> str:
-    keys = ["epochs", "batch_size", "optimizer", "lr", "schedule", "rotation", "translate", "seed"]
+    keys = ["epochs", "batch_size", "optimizer", "lr", "schedule", "rotation", "translate"]
     # Regularisers are named only where a recipe uses them: the steps differ by them alone.
-    extra = [k for k in ("weight_decay", "label_smoothing", "ema") if recipe.get(k)]
-    return ", ".join(f"{k} {recipe[k]}" for k in keys[:-1] + extra + keys[-1:] if k in recipe)
+    keys += [k for k in ("weight_decay", "label_smoothing", "ema") if recipe.get(k)]
+    return ", ".join(f"{k} {recipe[k]}" for k in [*keys, "seed"] if k in recipe)
 
 
 def write_report(reports: Path) -> Path:
