@@ -20,7 +20,8 @@ On this project's 2-core CPU, `--steps scheduler` (the final step alone) takes 1
 --limit and --epochs for a quick look, and a GPU for every step (one H200: about 5 minutes).
 
     python bench/train_steps.py --device cuda --compare-graphs [--seeds 3] [--out DIR]
-                                [--budget 480] [--steps ...] [--epochs N] [--limit N]
+                                [--budget 480] [--eager-epochs N] [--steps ...]
+                                [--epochs N] [--limit N]
 
 --compare-graphs: the plain (eager) loop against CUDA graphs (trainer/graphs.py), side by side
 in one run; eager is the baseline, in place of the CPU epoch. First a check in this process,
@@ -28,19 +29,23 @@ with augmentation off and the same seed: the graph path captured against the sam
 uncaptured (every step's loss) and against the plain loop (the last epoch's train and test loss
 and test accuracy, beside the spread of two plain runs), on subsets with a partial last batch in
 both splits. Then the trainer with `--graphs on` (seed 1), with `--graphs off` (seed 1), and with
-`--graphs on` for seeds 2 to --seeds while --budget seconds (from the start) allow. It prints
+`--graphs on` for seeds 2 to --seeds while --budget seconds (from the start) allow;
+--eager-epochs N trains the eager run's steps N epochs each but the final one (whose time to
+--target needs all its epochs), and estimates their full sum from them. It prints
 per step the seconds per epoch of each (the median after the first) and their ratio, the first
 epochs (the graphs' includes capturing), the best test accuracy of each (graphs: mean and std
 over the seeds), the final step's seconds to first reach --target in each run, the seconds of
 training (epochs summed) and the trainer's wall time (the whole process: loading, training,
-exporting) for all steps, the issue's targets, and last `ratio: X.XX`, eager over graphs seconds
+exporting) for all steps (the issue's 60 s target sums the assignment's seven, not `tiny`),
+the issue's targets, and last `ratio: X.XX`, eager over graphs seconds
 per epoch of the final step. --out DIR keeps report.md (what it printed), check.json,
 trainer.log and runs.tar.gz (every run's metrics.json and summary.json as
 <eager|graphs>/<step>/seed-<n>/, the layout of reports/runs). It exits 1 and says why when the
 check fails, a trainer run fails, or on CUDA a step fell back to eager under --graphs on. On a
 CPU the trainer runs are eager both times (--graphs auto) and the check's "captured" run is the
-uncaptured path: that tests this script, not CUDA graphs. One H200: about 7 minutes for every
-step with 3 seeds of graphs (the eager run alone took 4 min 15 s on 2026-11-26).
+uncaptured path: that tests this script, not CUDA graphs. On one H200 the eager run of every
+step took 4 min 15 s on 2026-11-26 (seven steps then); bench/gpu_compare_graphs.sh, the one
+device call, sizes the rest to the lease.
 """
 
 from __future__ import annotations
@@ -74,6 +79,9 @@ from trainer.train import evaluate, make_optimizer, make_scheduler, train_one_ep
 from volume import FINAL_STEP, METRICS_FILE, STEP_SLUGS, SUMMARY_FILE, Metrics, read_current  # noqa: E402
 
 MNIST_TRAIN_IMAGES = 60_000
+# The assignment's steps, up to its final one: what issue 18's "all seven steps" target sums
+# (a step beyond the assignment is timed and shown, not counted in it).
+ASSIGNMENT = STEP_SLUGS[: STEP_SLUGS.index(FINAL_STEP) + 1]
 
 
 def train(
@@ -309,17 +317,20 @@ def compare_lines(
 ) -> tuple[list[str], float]:
     """The side-by-side table and lines, and the final step's eager/graph epoch ratio."""
     assert eager.metrics is not None and graphs[0].metrics is not None
-    first = graphs[0].metrics
+    plain, first = eager.metrics, graphs[0].metrics
     lines = [
         "| # | step | params | epochs | eager s/epoch | graphs s/epoch | speed-up | eager first "
         "epoch s | graphs first epoch s | eager best test % | graphs best test % |",
         "|--:|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
-    for slug, m in eager.metrics.items():
+    for slug, m in plain.items():
         g = first[slug]
         bests = [r.metrics[slug].best_test_accuracy for r in graphs if r.metrics]
+        epochs = f"{len(m.epochs)}" + (
+            f" / {len(g.epochs)}" if len(m.epochs) != len(g.epochs) else ""
+        )
         lines.append(
-            f"| {m.number} | `{slug}` | {m.params:,} | {len(m.epochs)} | {steady_seconds(m):.2f} "
+            f"| {m.number} | `{slug}` | {m.params:,} | {epochs} | {steady_seconds(m):.2f} "
             f"| {steady_seconds(g):.2f} | {steady_seconds(m) / steady_seconds(g):.1f}x "
             f"| {m.epochs[0].seconds:.2f} | {g.epochs[0].seconds:.2f} "
             f"| {m.best_test_accuracy:.2f} | {mean_std(bests)} |"
@@ -330,23 +341,48 @@ def compare_lines(
         f"`{final}` first reached {target} % test accuracy: eager {reached_line(eager, final, target)}"
         f"; graphs {seeds}"
     )
-    trained = [sum(e.seconds for m in r.values() for e in m.epochs) for r in (eager.metrics, first)]
+    # Training seconds of the assignment's steps. An eager step trained for fewer epochs than
+    # its graph twin (--eager-epochs) counts as its first epoch plus its steady s/epoch for the
+    # rest: an estimate from its measured epochs, and the line says so.
+    short = [s for s, m in plain.items() if len(m.epochs) < len(first[s].epochs)]
+    counted = [s for s in ASSIGNMENT if s in plain]
+
+    def eager_seconds(slug: str) -> float:
+        m, epochs = plain[slug], len(first[slug].epochs)
+        if slug not in short:
+            return sum(e.seconds for e in m.epochs)
+        return m.epochs[0].seconds + (epochs - 1) * steady_seconds(m)
+
+    trained = [
+        sum(eager_seconds(s) for s in counted),
+        sum(sum(e.seconds for e in first[s].epochs) for s in counted),
+    ]
+    estimated = (
+        f" (estimated for {', '.join(f'`{s}`' for s in short if s in counted)}: first epoch "
+        "+ s/epoch x the rest)"
+        if set(short) & set(counted)
+        else ""
+    )
+    lines.append(
+        f"the assignment's steps ({len(counted)}), training (epochs summed): eager "
+        f"{trained[0]:.1f} s{estimated}, graphs {trained[1]:.1f} s ({trained[0] / trained[1]:.1f}x)"
+    )
     walls = [r.wall_seconds or 0.0 for r in (eager, graphs[0])]
-    count = len(eager.metrics)
+    fewer = " with fewer epochs, above" if short else ""
     lines.append(
-        f"all {count} steps, training (epochs summed): eager {trained[0]:.1f} s, graphs "
-        f"{trained[1]:.1f} s ({trained[0] / trained[1]:.1f}x)"
+        f"all {len(plain)} steps, the trainer's wall time (loading, training, exporting): "
+        f"eager {walls[0]:.1f} s{fewer}, graphs {walls[1]:.1f} s"
     )
-    lines.append(
-        f"all {count} steps, the trainer's wall time (loading, training, exporting): eager "
-        f"{walls[0]:.1f} s, graphs {walls[1]:.1f} s"
-    )
-    ratio = steady_seconds(eager.metrics[final]) / steady_seconds(first[final])
+    ratio = steady_seconds(plain[final]) / steady_seconds(first[final])
     reached = time_to(first[final], 99.4)  # the issue's target, whatever --target is
     to_target = f"{reached[1]:.1f} s" if reached else "not reached"
     verdicts = [
         (f"`{final}` to 99.4 % in < 10 s", to_target, reached is not None and reached[1] < 10),
-        ("all steps' training in < 60 s", f"{trained[1]:.1f} s", trained[1] < 60),
+        (
+            f"the assignment's steps ({len(counted)}) in < 60 s of training",
+            f"{trained[1]:.1f} s",
+            trained[1] < 60,
+        ),
         (f"graphs >= 5x eager on `{final}`'s epoch", f"{ratio:.2f}x", ratio >= 5),
     ]
     conditions = "" if full else " (this run is not the issue's: fewer steps, epochs or images)"
@@ -419,11 +455,21 @@ def compare_graphs(args: argparse.Namespace, steps: list[str], folder: Path) -> 
                     continue
             flag = graphs_flag if run.name == "graphs" else "off"
             extra = ("--graphs", flag, "--seed", str(run.seed))
+            parts = [(steps, args.epochs)]
+            if run.name == "eager" and args.eager_epochs is not None:
+                # The final step keeps its epochs (its time to --target needs them); the others
+                # need only enough for a steady s/epoch. That saves most of eager's minutes.
+                others = [s for s in steps if s != FINAL_STEP]
+                fewer = min(args.eager_epochs, args.epochs or args.eager_epochs)
+                parts = [([FINAL_STEP], args.epochs), (others, fewer)]
             try:
-                run.wall_seconds = train(
-                    run.volume, ",".join(steps), args.device, args.data_dir, args.epochs,
-                    args.limit, extra, log,
-                )  # fmt: skip
+                run.wall_seconds = 0.0
+                for part, epochs in parts:
+                    if part:
+                        run.wall_seconds += train(
+                            run.volume, ",".join(part), args.device, args.data_dir, epochs,
+                            args.limit, extra, log,
+                        )  # fmt: skip
             except subprocess.CalledProcessError as e:
                 run.error = f"exited {e.returncode}"
                 continue
@@ -454,7 +500,7 @@ def compare_graphs(args: argparse.Namespace, steps: list[str], folder: Path) -> 
     report += ["", *check_lines(rows), ""]
     ratio = None
     if eager is not None and graphs and graphs[0].seed == 1:
-        full = args.epochs is None and args.limit is None and len(steps) == len(STEP_SLUGS)
+        full = args.epochs is None and args.limit is None and set(ASSIGNMENT) <= set(steps)
         lines, ratio = compare_lines(eager, graphs, final, args.target, full)
         report += lines
     else:
@@ -494,6 +540,11 @@ def main() -> None:
         "--budget", type=float, default=480, help="--compare-graphs: seconds for extra seeds"
     )
     parser.add_argument("--out", type=Path, help="--compare-graphs: keep its outputs in DIR")
+    parser.add_argument(
+        "--eager-epochs",
+        type=int,
+        help="--compare-graphs: eager trains every step but the final one N epochs only",
+    )
     args = parser.parse_args()
     final = FINAL_STEP
     steps = list(dict.fromkeys([*parse_steps(args.steps), final]))  # the baseline's step too

@@ -106,11 +106,14 @@ def test_compare_lines_put_eager_and_graphs_side_by_side() -> None:
         "`scheduler` first reached 99.4 % test accuracy: eager epoch 2 after 15.0 s; graphs seed 1: "
         "epoch 3 after 3.0 s; seed 2: not reached in 3 epochs"
     )
-    assert lines[5] == "all 1 steps, training (epochs summed): eager 21.0 s, graphs 3.0 s (7.0x)"
+    assert lines[5] == (
+        "the assignment's steps (1), training (epochs summed): eager 21.0 s, graphs 3.0 s (7.0x)"
+    )
     assert lines[6].endswith("eager 100.0 s, graphs 10.0 s")
     assert lines[7] == (
-        "targets (issue 18, one H200): `scheduler` to 99.4 % in < 10 s: 3.0 s, met; all steps' "
-        "training in < 60 s: 3.0 s, met; graphs >= 5x eager on `scheduler`'s epoch: 12.00x, met"
+        "targets (issue 18, one H200): `scheduler` to 99.4 % in < 10 s: 3.0 s, met; the "
+        "assignment's steps (1) in < 60 s of training: 3.0 s, met; graphs >= 5x eager on "
+        "`scheduler`'s epoch: 12.00x, met"
     )
     # --target moves the "first reached" line, not the issue's 99.4 % target.
     other, _ = bench.compare_lines(eager, graphs, "scheduler", 99.0, full=False)
@@ -120,6 +123,36 @@ def test_compare_lines_put_eager_and_graphs_side_by_side() -> None:
     assert other[7] == lines[7].replace(
         "one H200)", "one H200) (this run is not the issue's: fewer steps, epochs or images)"
     )
+
+
+def test_compare_lines_with_fewer_eager_epochs_and_a_step_beyond_the_assignment() -> None:
+    # --eager-epochs 2: `gap` trained 2 eager epochs against 4 with graphs, the final step all
+    # 3; `tiny` (beyond the assignment) is in the table but not in the seven steps' target.
+    eager = run_of(
+        "eager", 1,
+        {"gap": [(5.0, 98.0), (3.0, 98.5)], "scheduler": [(9.0, 99.0), (6.0, 99.41), (6.0, 99.5)],
+         "tiny": [(7.0, 98.0), (4.0, 99.0)]},
+        False,
+    )  # fmt: skip
+    graphs = run_of(
+        "graphs", 1,
+        {"gap": [(2.0, 98.0), (0.5, 98.5), (0.5, 98.6), (0.5, 98.7)],
+         "scheduler": [(2.0, 99.0), (0.5, 99.3), (0.5, 99.45)], "tiny": [(2.0, 98.0), (1.0, 99.0)]},
+        True,
+    )  # fmt: skip
+    lines, ratio = bench.compare_lines(eager, [graphs], "scheduler", 99.4, full=True)
+    assert ratio == 12.0
+    assert [x.split(" | ")[3] for x in lines[2:5]] == ["2 / 4", "3", "2"]  # eager / graphs epochs
+    # gap: 5 + 3 x 3.0 (estimated), scheduler 21 measured; graphs 3.5 + 3.0; tiny in neither.
+    assert lines[7] == (
+        "the assignment's steps (2), training (epochs summed): eager 35.0 s (estimated for "
+        "`gap`: first epoch + s/epoch x the rest), graphs 6.5 s (5.4x)"
+    )
+    assert lines[8] == (
+        "all 3 steps, the trainer's wall time (loading, training, exporting): eager 100.0 s with "
+        "fewer epochs, above, graphs 10.0 s"
+    )
+    assert "the assignment's steps (2) in < 60 s of training: 6.5 s, met" in lines[9]
 
 
 def check_row(passed: bool | None) -> bench.CheckRow:
@@ -149,8 +182,8 @@ def test_what_fails_a_comparison(
 def test_compare_graphs_runs_end_to_end_on_the_cpu(mnist_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     lines = run_bench(
-        "train_steps.py", "--compare-graphs", "--device", "cpu", "--steps", "scheduler",
-        "--epochs", "1", "--limit", "100", "--seeds", "2", "--budget", "100000", "--target", "0",
+        "train_steps.py", "--compare-graphs", "--device", "cpu", "--steps", "gap", "--epochs", "2",
+        "--eager-epochs", "1", "--limit", "100", "--seeds", "2", "--budget", "100000", "--target", "0",
         "--data-dir", str(mnist_dir), "--out", str(out), "--keep", str(tmp_path / "volumes"),
         timeout=850,
     )  # fmt: skip
@@ -161,11 +194,14 @@ def test_compare_graphs_runs_end_to_end_on_the_cpu(mnist_dir: Path, tmp_path: Pa
     )
     verdicts = [x.rsplit("|", 2)[-2].strip() for x in lines if x.startswith("| `")]
     assert verdicts == ["pass", "pass", "reported only"], stdout  # scheduler, batchnorm, dropout
-    row = (
-        rf"\| 7 \| `scheduler` \| {PARAMS['scheduler']} \| 1 \| [\d.]+ \| [\d.]+ \| [\d.]+x \| "
-        r"[\d.]+ \| [\d.]+ \| [\d.]+ \| [\d.]+ ± [\d.]+ \(2 seeds\) \|"
-    )
-    assert any(re.fullmatch(row, x) for x in lines), stdout
+    # --eager-epochs 1: `gap` trained one eager epoch, the final step all of its (2).
+    for number, step, epochs in ((6, "gap", "1 / 2"), (7, "scheduler", "2")):
+        row = (
+            rf"\| {number} \| `{step}` \| {PARAMS[step]} \| {epochs} \| [\d.]+ \| [\d.]+ \| "
+            r"[\d.]+x \| [\d.]+ \| [\d.]+ \| [\d.]+ \| [\d.]+ ± [\d.]+ \(2 seeds\) \|"
+        )
+        assert any(re.fullmatch(row, x) for x in lines), stdout
+    assert any("(estimated for `gap`" in x for x in lines), stdout
     assert any("(this run is not the issue's" in x for x in lines), stdout
     assert not any(x.startswith("FAILED") for x in lines), stdout
     assert re.fullmatch(r"ratio: \d+\.\d\d", lines[-1]), stdout
@@ -176,8 +212,9 @@ def test_compare_graphs_runs_end_to_end_on_the_cpu(mnist_dir: Path, tmp_path: Pa
     with tarfile.open(out / "runs.tar.gz") as tar:
         names = sorted(tar.getnames())
     assert names == sorted(
-        f"{run}/scheduler/seed-{seed}/{f}"
+        f"{run}/{step}/seed-{seed}/{f}"
         for run, seed in (("eager", 1), ("graphs", 1), ("graphs", 2))
+        for step in ("gap", "scheduler")
         for f in ("metrics.json", "summary.json")
     )
     assert "--graphs auto --seed 2" in (out / "trainer.log").read_text()
