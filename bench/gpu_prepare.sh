@@ -3,8 +3,7 @@
 # in two ignored folders that the call carries. MNIST's four files go to .dev/mnist (11 MB),
 # and pydantic's wheels for the machine's Python 3.12 go to .whl (2.8 MB; its image has torch,
 # onnx and onnxruntime but not pydantic), at the versions this project's venv uses.
-#   bash bench/gpu_prepare.sh        # then, with the device tool:
-#   run(command="bash bench/gpu_compare_graphs.sh", carry=[".dev/mnist", ".whl"], timeout_s=590)
+#   bash bench/gpu_prepare.sh        # then the device call in bench/gpu_compare_graphs.sh's header
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-.venv/bin/python}

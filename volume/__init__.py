@@ -96,6 +96,8 @@ STEPS: tuple[StepInfo, ...] = (
 STEP_SLUGS: tuple[str, ...] = tuple(s.slug for s in STEPS)
 # The assignment's final model (tiny goes beyond it): what the benchmarks serve and time.
 FINAL_STEP = "scheduler"
+# The seed's steps, up to its final one; the steps after it (`tiny`) go beyond the assignment.
+ASSIGNMENT_SLUGS: tuple[str, ...] = STEP_SLUGS[: STEP_SLUGS.index(FINAL_STEP) + 1]
 STEPS_BY_SLUG: dict[str, StepInfo] = {s.slug: s for s in STEPS}
 
 

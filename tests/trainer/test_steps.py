@@ -10,7 +10,7 @@ import torch
 from tests.conftest import SEED_ASSIGNMENT
 from trainer.steps import REGISTRY, all_steps, count_params, get_step
 from trainer.summary import summarize
-from volume import FINAL_STEP, STEP_SLUGS
+from volume import ASSIGNMENT_SLUGS, STEP_SLUGS
 
 EXPECTED_PARAMS = {
     "setup": 593_200,  # the seed's tables
@@ -24,8 +24,9 @@ def seed_tables() -> dict[str, str]:
     """The seed's torchsummary blocks, by step, in the seed's order of headings."""
     text = SEED_ASSIGNMENT.read_text()
     blocks = re.findall(r"### Model Summary:\n```\n(.*?)```", text, flags=re.S)
-    seeds_steps = STEP_SLUGS[: STEP_SLUGS.index(FINAL_STEP) + 1]  # tiny goes beyond the seed
-    return {slug: block for slug, block in zip(seeds_steps, blocks, strict=True) if block.strip()}
+    return {
+        slug: block for slug, block in zip(ASSIGNMENT_SLUGS, blocks, strict=True) if block.strip()
+    }
 
 
 def table_rows(text: str) -> list[str]:
