@@ -53,7 +53,13 @@ sys.path.insert(0, str(ROOT))  # run from anywhere
 from bench.serve import cpu_name, photo_like  # noqa: E402
 from service import images  # noqa: E402
 from service.app import keep_freed_memory  # noqa: E402
-from tests.service.photos import encode, load_mnist, phone_photo  # noqa: E402
+from tests.service.photos import (  # noqa: E402
+    PHONE_QUALITY,
+    PHONE_SIZE,
+    encode,
+    load_mnist,
+    phone_photo,
+)
 
 # The last commit whose preprocessing decoded photos at up to 1024 pixels a side in colour.
 BEFORE_REV = "f8d6b4d"
@@ -161,7 +167,8 @@ def phone_photos(digits: np.ndarray, count: int) -> list[PhonePhoto]:
     rng = np.random.default_rng(1)
     photos = []
     for i in range(count):
-        quality = round(80 + 15 * i / max(count - 1, 1))
+        low, high = PHONE_QUALITY
+        quality = round(low + (high - low) * i / max(count - 1, 1))
         orientation = (1, 6, 3, 8)[i % 4]
         data = phone_photo(digits[10 + i], rng, orientation=orientation, quality=quality)
         photos.append(PhonePhoto(data, quality, orientation))
@@ -227,8 +234,9 @@ def main() -> None:
 
     if phones:
         print(
-            f"{len(phones)} more 4032x3024 phone photos (tests/service/photos.py: uneven light, "
-            "grain, EXIF orientation), JPEG quality 80 to 95:"
+            f"{len(phones)} more {PHONE_SIZE[0]}x{PHONE_SIZE[1]} phone photos "
+            "(tests/service/photos.py: uneven light, grain, EXIF orientation), "
+            f"JPEG quality {PHONE_QUALITY[0]} to {PHONE_QUALITY[1]}:"
         )
         print()
         print(

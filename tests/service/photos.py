@@ -42,6 +42,7 @@ CONTENT_TYPES = {
 INKS = ((20, 20, 25), (25, 40, 140), (150, 20, 25), (20, 90, 40), (90, 90, 90))  # black..pencil
 PHONE_KIND = "jpeg-phone-12mp"
 PHONE_SIZE = (4032, 3024)  # a 12 MP sensor, as phones store it: landscape
+PHONE_QUALITY = (80, 95)  # the JPEG qualities phones save at, lowest and highest
 # EXIF orientation -> the counter-clockwise turn that stores the upright picture that way.
 STORED_TURN = {1: 0, 3: 180, 6: 90, 8: 270}
 
@@ -128,7 +129,7 @@ def phone_photo(
     if orientation is None:
         orientation = (1, 3, 6, 8)[int(rng.integers(4))]
     if quality is None:
-        quality = int(rng.integers(80, 96))
+        quality = int(rng.integers(PHONE_QUALITY[0], PHONE_QUALITY[1] + 1))
     turn = STORED_TURN[orientation]
     width, height = size if turn in (0, 180) else size[::-1]  # the upright picture's size
     # The light across the sheet, at 1/16 scale: brighter on one side, with a soft shadow
