@@ -10,6 +10,7 @@ Layout of ``MODELS_DIR``::
       .staging/                    # versions being built; never read by the service
       checkpoints/<step>.pt        # the trainer's best checkpoint per step (for `trainer export`)
       checkpoints/<step>.resume.pt # its state after the last completed epoch (for `run --resume`)
+      progress/<step>.json         # StepProgress (volume/progress.py): a step's training, live
       <step>/<version>/            # one immutable published version
         model.onnx                 #   "image" float32 [N,1,28,28] -> "probabilities" [N,10]
         summary.json               #   Summary: the layer table, totals, sizes, the seed-style text
