@@ -80,13 +80,16 @@ def published_at(version: str) -> str:
     return stamp.replace(tzinfo=UTC).isoformat()
 
 
+def kept_names(root: Path, step: str) -> list[str]:
+    """The names of the kept versions of `step`, oldest first."""
+    return [v for v in list_versions(root, step) if _VERSION.match(v)]
+
+
 def kept_versions(root: Path, step: str) -> list[KeptVersion]:
     """Every kept version of `step`, oldest first, with the accuracy its metrics record."""
     current = read_index(root).steps.get(step)
     kept = []
-    for version in list_versions(root, step):
-        if not _VERSION.match(version):
-            continue  # not a version folder
+    for version in kept_names(root, step):
         try:
             metrics: Metrics | None = _load_json(
                 version_folder(root, step, version) / METRICS_FILE, Metrics
@@ -107,8 +110,7 @@ def kept_versions(root: Path, step: str) -> list[KeptVersion]:
 
 
 def unknown_version(root: Path, step: str, version: str) -> UnknownVersionError:
-    kept = [v for v in list_versions(root, step) if _VERSION.match(v)]
-    names = ", ".join(kept) if kept else "none"
+    names = ", ".join(kept_names(root, step)) or "none"
     return UnknownVersionError(
         f"step {step!r} has no kept version {version!r}; the volume keeps: {names}"
     )
@@ -117,7 +119,7 @@ def unknown_version(root: Path, step: str, version: str) -> UnknownVersionError:
 def kept_entry(root: Path, step: str, version: str) -> IndexEntry:
     """An index entry for a kept version, its model checked against the version's name."""
     # Only names the volume lists: a version is never a path (`../x`) into the file system.
-    if not _VERSION.match(version) or version not in list_versions(root, step):
+    if version not in kept_names(root, step):
         raise unknown_version(root, step, version)
     current = read_index(root).steps.get(step)
     if current is not None and current.version == version:
@@ -142,7 +144,7 @@ def previous_version(root: Path, step: str) -> str:
     current = read_index(root).steps.get(step)
     if current is None:
         raise VolumeError(f"step {step!r} is not published; there is nothing to roll back")
-    older = [v for v in list_versions(root, step) if _VERSION.match(v) and v < current.version]
+    older = [v for v in kept_names(root, step) if v < current.version]
     if not older:
         raise VolumeError(
             f"step {step!r} keeps no version older than the current one ({current.version}); "
