@@ -34,7 +34,7 @@
 # loopback server only, the trainers run with no network, the service's port is published on
 # 127.0.0.1 only. Every wait is bounded.
 #
-# Knobs (environment): E2E_COMPOSE ("v2 v1": the implementations, in order), E2E_LIMIT (1000
+# Knobs (environment): E2E_COMPOSE ("v2 v1": the implementations, in order), E2E_LIMIT (500
 # images), E2E_REPLICAS (1: run the replicas phase), E2E_REPLICAS_N (3), E2E_LOAD_RATE (100
 # requests/s), E2E_PROJECT (mnist-steps-e2e), MNIST_DIR (the host's four IDX files), PYTHON.
 set -euo pipefail
@@ -44,7 +44,7 @@ ROOT="$PWD"
 export COMPOSE_PROJECT_NAME="${E2E_PROJECT:-mnist-steps-e2e}"
 export COMPOSE_FILE="$ROOT/docker-compose.yml:$ROOT/tests/docker/compose.e2e.yml"
 export COMPOSE_PATH_SEPARATOR=":"
-export E2E_LIMIT="${E2E_LIMIT:-1000}"
+export E2E_LIMIT="${E2E_LIMIT:-500}"
 export NGINX_IMAGE=mnist-steps-nginx:bookworm
 export SERVICE_BIND=127.0.0.1
 export DOCKER_BUILDKIT=0 # the classic builder: in every engine, and it needs no buildx plugin
@@ -258,7 +258,7 @@ walkthrough() { # the docs, start to end, with the Compose implementation $COMPO
   [[ "$(exit_code "$(container trainer-cpu)")" == 0 ]] || fail "docker compose --profile cpu up -d trainer-cpu failed"
   published "$log/logs.log" gap scheduler
   echo "up (attached) and up -d + logs -f: both published gap and scheduler"
-  timeout 1500 docker compose --profile cpu run --rm trainer-cpu run --steps gap --epochs 1 --limit 1000 </dev/null >"$log/args.log" 2>&1 ||
+  timeout 1500 docker compose --profile cpu run --rm trainer-cpu run --steps gap --epochs 1 --limit 500 </dev/null >"$log/args.log" 2>&1 ||
     fail "the trainer with its own arguments failed: $(tail -5 "$log/args.log")"
   published "$log/args.log" gap
   docker compose --profile cpu run --rm trainer-cpu ls </dev/null | tee "$log/ls.txt"
