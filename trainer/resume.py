@@ -39,7 +39,7 @@ from volume import EpochMetrics, Metrics, atomic_write_bytes, checkpoint_path, s
 
 # The trainer's modules that decide a step's numbers and what is published of it; the step's
 # own model classes are hashed by their source (other steps' classes do not change it).
-CODE_MODULES = ("train.py", "data.py", "export.py", "summary.py", "cli.py")
+CODE_MODULES = ("train.py", "loop.py", "data.py", "export.py", "summary.py", "cli.py")
 TRAINER_DIR = Path(__file__).resolve().parent
 
 
