@@ -205,7 +205,7 @@ def test_compose_builds_from_the_repo_root() -> None:
 
 # --- the README's Docker commands -----------------------------------------------------------
 
-README_SOURCES = [ROOT / "README.md", ROOT / "docker" / "README-docker.md"]
+README_SOURCES = [ROOT / "README.md", ROOT / "docs" / "docker.md", ROOT / "docs" / "scaling.md"]
 
 
 def readme_compose_commands() -> list[str]:
