@@ -24,7 +24,8 @@ import anyio
 from fastapi import FastAPI
 from PIL import Image
 
-from service import telemetry
+from service import openapi, telemetry, tracing
+from service.auth import ApiKeys
 from service.limits import RequestLimits
 from service.models import ModelRegistry
 from service.routes import lab, ops, predict, steps, v2
@@ -76,7 +77,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     Image.MAX_IMAGE_PIXELS = settings.max_image_pixels
     warnings.simplefilter("error", Image.DecompressionBombWarning)
     keep_freed_memory()
-    models = ModelRegistry(settings.models_dir, settings.inference_threads, telemetry.serving)
+    models = ModelRegistry(
+        settings.models_dir, settings.inference_threads, telemetry.serving,
+        pinned=settings.pinned_versions,
+    )  # fmt: skip
     await anyio.to_thread.run_sync(models.refresh)
     if not models.models:
         log.warning(
@@ -85,7 +89,12 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         )
     app.state.settings = settings
     app.state.models = models
-    document_limits(settings)  # the OpenAPI schema says MAX_BATCH: built after this
+    app.state.api_keys = tuple(key.get_secret_value().encode() for key in settings.api_keys)
+    log.info(
+        "API keys: %s",
+        f"on ({len(settings.api_keys)} keys)" if settings.api_keys else "off (no key is asked for)",
+    )
+    document_limits(settings)  # the OpenAPI schema says MAX_BATCH and keys: built after this
     app.openapi_schema = None
     # CPU-bound work beyond the number of cores only queues up and holds decoded images in
     # memory; this caps how many requests decode and infer at once.
@@ -116,3 +125,8 @@ for module in (lab, predict, steps, ops, v2):
 app.mount("/static", lab.static_files, name="static")
 # Body deadlines, requests in flight, responses counted by route and code (service/limits.py).
 app.add_middleware(RequestLimits)
+# Outside it: a request without a valid key is refused before it takes a place (service/auth.py).
+app.add_middleware(ApiKeys)
+openapi.complete(app)
+if tracing.configured():  # OTEL_EXPORTER_OTLP_ENDPOINT or OTEL_TRACES_EXPORTER (service/tracing.py)
+    tracing.instrument(app)

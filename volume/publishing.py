@@ -16,7 +16,7 @@ import hashlib
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -99,12 +99,17 @@ def publish(
     keep: int = 3,
     mistakes: Mistakes | None = None,
     samples: Samples | None = None,
+    make_current: bool | Callable[[], bool] = True,
 ) -> str:
     """Publish a new immutable version of ``step`` and make it current; return its name.
 
     Older versions beyond ``keep`` are removed, never the current one. ``mistakes`` and
     ``samples`` are optional files of the version (OPTIONAL_FILES). On a full disk it raises
     one VolumeError naming the volume and the bytes needed, and leaves nothing of the attempt.
+    ``make_current``: False, or a callable answering False, publishes and keeps the version
+    without naming it in the index (a step with no current version gets it all the same). The
+    callable is asked under the writer lock, so that it sees the index as it will be replaced
+    (volume/versions.py's `Promotion`: a new run that tests worse than the one served).
     """
     if step not in STEPS_BY_SLUG:
         raise UnknownStepError(f"unknown step {step!r}")
@@ -143,6 +148,13 @@ def publish(
             raise
         try:
             index = read_index(root)
+            current = index.steps.get(step)
+            promote = make_current() if callable(make_current) else make_current
+            if current is not None and not promote:
+                # Kept beside the current one: it is the newest, so pruning spares it.
+                _prune(root, step, keep=max(keep, 2), current=current.version)
+                clean_staging(root)
+                return version
             entry = IndexEntry(
                 version=version, published_at=datetime.now(UTC).isoformat(), model_sha256=model_sha
             )
