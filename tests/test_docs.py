@@ -44,10 +44,12 @@ def test_the_site_builds_with_every_page(site: Path) -> None:
         assert (site / page.removesuffix(".md") / "index.html").exists(), page
 
 
+# The tags a browser fetches by itself, and the attribute holding the URL.
+FETCHED = {"script": "src", "img": "src", "iframe": "src", "source": "src", "link": "href"}
+
+
 class Loads(HTMLParser):
     """Every URL a page would fetch by itself: scripts, styles, images, frames, media."""
-
-    FETCHED = {"script": "src", "img": "src", "iframe": "src", "source": "src", "link": "href"}
 
     def __init__(self) -> None:
         super().__init__()
@@ -56,7 +58,7 @@ class Loads(HTMLParser):
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         values = dict(attrs)
-        wanted = self.FETCHED.get(tag)
+        wanted = FETCHED.get(tag)
         # <link rel="canonical"> or "alternate" names a page, fetches nothing.
         if tag == "link" and values.get("rel") not in {"stylesheet", "preload", "icon", None}:
             wanted = None
