@@ -104,9 +104,9 @@ def test_every_number_in_the_readme_table_is_the_metrics() -> None:
 
 
 def tried_rows() -> list[list[str]]:
-    """The rows of the README's "What got it there" table that name their metrics folder."""
-    readme = (ROOT / "README.md").read_text()
-    section = readme.split("### What got it there")[1].split("\n### ")[0]
+    """The rows of the "What got it there" table (docs/steps.md) that name their metrics folder."""
+    page = (ROOT / "docs" / "steps.md").read_text()
+    section = page.split("## What got it there")[1].split("\n## ")[0]
     cells = [[c.strip() for c in line.strip("|").split("|")] for line in section.splitlines()]
     return [row for row in cells if len(row) == 10 and row[-1].startswith("`reports/")]
 
