@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from service.inside import InsideModel
 from volume import (
     IMAGE_SIZE,
     INDEX_FILE,
@@ -57,6 +58,8 @@ class LoadedModel:
     session: ort.InferenceSession
     mistakes: Mistakes | None = None  # None: a version published before mistakes.json
     samples: Samples | None = None  # None: a version published before samples.json
+    inside: InsideModel | None = None  # every layer's output (service/inside.py); None: ...
+    inside_problem: str = ""  # ... why not: its graph does not line up with its table
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         """Probabilities [N,10] for normalised images [N,1,28,28]; thread-safe."""
@@ -90,6 +93,13 @@ def load_model(published: PublishedVersion, options: ort.SessionOptions) -> Load
             f"{published.model_path}: graph has inputs {inputs} and outputs {outputs}, expected "
             f"{INPUT_NAME!r} -> {OUTPUT_NAME!r}; re-export it with `python -m trainer export`"
         )
+    # The inside view is a part of the lab: a version that has none still serves predictions.
+    inside, problem = None, ""
+    try:
+        inside = InsideModel(published.model_bytes, published.summary, options)
+    except Exception as e:  # the mapping's own InsideError, or onnx / onnxruntime refusing
+        problem = f"{type(e).__name__}: {e}"
+        log.warning("step %s version %s: no inside view: %s", published.step, published.version, e)
     model = LoadedModel(
         published.step,
         published.version,
@@ -98,6 +108,8 @@ def load_model(published: PublishedVersion, options: ort.SessionOptions) -> Load
         session,
         mistakes=published.mistakes,
         samples=published.samples,
+        inside=inside,
+        inside_problem=problem,
     )
     # One run now, so that a model that loads but cannot answer is never served.
     probabilities = model.predict(np.zeros((2, 1, IMAGE_SIZE, IMAGE_SIZE), np.float32))
