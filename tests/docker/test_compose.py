@@ -257,13 +257,14 @@ def test_readme_compose_commands_name_real_services_and_profiles() -> None:
     assert "docker compose up -d service" in commands
     for command in commands:
         words = command.split()
-        # The services of the files the command names with -f (docker-compose.yml by default).
-        files = [words[i + 1] for i, w in enumerate(words[:-1]) if w == "-f"] or [COMPOSE_FILE]
-        known = {k: v for f in files for k, v in load(ROOT / f)["services"].items()}
         verbs = {"up", "run", "build", "ps", "down", "logs", "stop", "config"}
         verb = next((w for w in words if w in verbs), None)
         assert verb, command
-        after = words[words.index(verb) + 1 :]
+        before, after = words[: words.index(verb)], words[words.index(verb) + 1 :]
+        # The services of the files the command names with -f (docker-compose.yml by default);
+        # after the verb, -f is another option (`logs -f`: follow).
+        files = [before[i + 1] for i, w in enumerate(before[:-1]) if w == "-f"] or [COMPOSE_FILE]
+        known = {k: v for f in files for k, v in load(ROOT / f)["services"].items()}
         named = [w for w in after if w in known]
         if verb in {"up", "run"}:
             assert named, f"{command!r} names no service of docker-compose.yml"
