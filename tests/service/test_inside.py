@@ -78,7 +78,7 @@ def test_every_layer_of_the_step_for_the_upload(client: TestClient) -> None:
     [
         ("?layer=Linear-1", 200, '"name":"Linear-1"'),
         ("?channels=1", 200, '"shown":10'),
-        ("?layer=Conv2d-1", 422, "has no layer 'Conv2d-1': use one of Linear-1"),
+        ("?layer=Conv2d-1", 404, "has no layer 'Conv2d-1': use one of Linear-1"),
         ("?channels=0", 422, "greater than or equal to 1"),
         (f"?channels={inside.MAX_CHANNELS + 1}", 422, "less than or equal to"),
     ],
@@ -143,7 +143,7 @@ def test_the_diff_names_the_recipe_fields_that_differ(
         body = client.get("/inside/skeleton/diff").json()
         assert body["recipe"] == [{"field": "lr", "before": 0.01, "after": 0.02}]
         first = client.get("/inside/setup/diff")
-        assert first.status_code == 422
+        assert first.status_code == 404
         assert "setup is the first step" in first.json()["detail"]
         assert client.get("/inside/setup/diff?before=skeleton").status_code == 200
 
