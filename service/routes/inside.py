@@ -16,6 +16,7 @@ from service import inside
 from service.common import (
     ErrorDetail,
     ModelsDep,
+    ParameterErrors,
     StepName,
     errors,
     get_models,
@@ -55,8 +56,13 @@ def with_inside(model: LoadedModel) -> inside.InsideModel:
 @router.post(
     "/inside/{step}",
     responses={
-        **errors(400, 413, 415, 422, 503),
+        **errors(400, 413, 415, 503),
         404: {"model": ErrorDetail, "description": "unknown step, or no `layer` of that name"},
+        422: {
+            "model": ErrorDetail | ParameterErrors,
+            "description": "no image, or bytes that do not decode as an image, or no digit in "
+            "it; or `channels` out of its range (FastAPI's list of parameter errors)",
+        },
     },
     openapi_extra={"requestBody": ONE_IMAGE_BODY},
 )
