@@ -3,6 +3,7 @@
 python -m trainer run --steps all                 # train every step, publish into $MODELS_DIR
 python -m trainer run --steps gap --epochs 1 --limit 5000 --data-dir ../shared/datasets/mnist
 python -m trainer run --steps all --resume        # go on where a killed run stopped
+python -m trainer run --jobs 1 --threads 2        # one step at a time, two threads (see threads.py)
 python -m trainer run --device cuda --graphs on   # each step captured in a CUDA graph (opt-in)
 python -m trainer summary setup                   # the seed-style layer table
 python -m trainer export gap                      # re-export a kept checkpoint, no training
@@ -24,15 +25,19 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, fields, replace
+from dataclasses import asdict, dataclass, fields, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from trainer.data import MNIST, DataError, load_mnist
+from trainer import threads
+from trainer.data import MNIST, DataError, Split, load_mnist
 from trainer.export import ExportError, export_and_publish, load_checkpoint, save_checkpoint
+from trainer.jobs import run_jobs
+from trainer.plan import plan_lines, time_first_batches
+from trainer.progress import EpochEstimate, Overall, Planned, StepReporter, finish_time
 from trainer.resume import (
     Fingerprint,
     ResumeError,
@@ -43,6 +48,7 @@ from trainer.resume import (
 )
 from trainer.steps import Recipe, count_params, get_step
 from trainer.summary import summarize
+from trainer.threads import cpu_cores
 from trainer.train import fit
 from volume import (
     STEP_SLUGS,
@@ -84,6 +90,17 @@ def step_at_index(index: int) -> list[str]:
     return [STEP_SLUGS[index]]
 
 
+def at_least_one(text: str) -> int:
+    """``--jobs`` and ``--threads``: a whole number, 1 or more."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a whole number of at least 1")
+    return value
+
+
 class RecipeError(ValueError):
     pass
 
@@ -111,16 +128,14 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
     return overrides
 
 
-def pick_device(name: str) -> torch.device:
+def pick_device(name: str) -> tuple[torch.device, str]:
+    """The device `--device` names, and what to say of it."""
     if name == "cuda" and not torch.cuda.is_available():
         raise SystemExit("error: --device cuda, but no CUDA GPU is visible; use --device auto")
     use_cuda = name == "cuda" or (name == "auto" and torch.cuda.is_available())
     if use_cuda:
-        print(f"device: cuda ({torch.cuda.get_device_name(0)})", file=sys.stderr)
-        return torch.device("cuda")
-    reason = "as asked" if name == "cpu" else "no CUDA GPU found"
-    print(f"device: cpu ({reason}, {torch.get_num_threads()} threads)", file=sys.stderr)
-    return torch.device("cpu")
+        return torch.device("cuda"), f"cuda ({torch.cuda.get_device_name(0)})"
+    return torch.device("cpu"), f"cpu ({'as asked' if name == 'cpu' else 'no CUDA GPU found'})"
 
 
 def use_cuda_graphs(mode: str, device: torch.device) -> bool:
@@ -196,94 +211,203 @@ def epoch_saver(
     return save
 
 
-def cmd_run(args: argparse.Namespace) -> None:
+@dataclass
+class Todo:
+    """A step this run trains: its recipe, fingerprint and resume state (None: from epoch 1)."""
+
+    slug: str
+    recipe: Recipe
+    wanted: Fingerprint
+    state: dict[str, Any] | None
+
+
+def heading(slug: str) -> str:
+    return f"== {get_step(slug).info.number}. {slug}"
+
+
+def cmd_run(args: argparse.Namespace) -> int:
     steps = (
         step_at_index(args.step_index) if args.step_index is not None else parse_steps(args.steps)
     )
     overrides = parse_overrides(args.set)
-    device = pick_device(args.device)
+    device, device_words = pick_device(args.device)
     graphs = use_cuda_graphs(args.graphs, device)
     mnist = load_data(args)
     train, test = mnist.train.head(args.limit).to(device), mnist.test.head(args.limit).to(device)
-    print(f"data: {mnist.source} ({len(train)} train, {len(test)} test images)", file=sys.stderr)
-    command = "python -m trainer " + shlex.join(sys.argv[1:])
-    versions, commit = software_versions(), git_commit()
+    # What is left to train: with --resume, a step published from this recipe, code and data is
+    # skipped, and one with a saved state goes on from it (another run's state is refused here,
+    # before anything trains).
+    todo: list[Todo] = []
+    skipped: list[tuple[str, str]] = []
     for slug in steps:
-        step = get_step(slug)
-        recipe = replace(step.recipe, **overrides)
+        recipe = replace(get_step(slug).recipe, **overrides)
         if args.epochs is not None:
             recipe = replace(recipe, epochs=args.epochs)
         if args.seed is not None:
             recipe = replace(recipe, seed=args.seed)
         wanted = Fingerprint.of(slug, recipe, mnist.checksums, args.limit, device.type)
-        heading = f"== {step.info.number}. {slug}"
-        state = None
-        if args.resume:
-            published = published_match(args.out, wanted)
-            if published is not None:
-                print(
-                    f"{heading}: skipped: published version {published} was trained from this "
-                    "recipe, code and data",
-                    file=sys.stderr,
-                )
-                continue
-            state = load_state(args.out, wanted)  # None, or refused if another run saved it
+        published = published_match(args.out, wanted) if args.resume else None
+        if published is not None:
+            skipped.append((slug, published))
+            continue
+        state = load_state(args.out, wanted) if args.resume else None
+        todo.append(Todo(slug, recipe, wanted, state))
+
+    choice = threads.choose(cpu_cores(), len(todo), device.type, args.jobs, args.threads)
+    torch.set_num_threads(choice.threads)
+    if args.as_job:  # one step of a --jobs run: the parent said all of this
+        return train_steps(args, todo, train, test, mnist, device, graphs, {}, None)
+    say(f"threads: {choice.why}")
+    say(f"device: {device_words}")
+    say(f"data: {mnist.source} ({len(train)} train, {len(test)} test images)")
+    for slug, version in skipped:
+        say(f"{heading(slug)}: skipped: published version {version} was trained from this "
+            "recipe, code and data")  # fmt: skip
+    if not todo:
+        return 0
+    epochs = sorted({t.recipe.epochs for t in todo})
+    say(f"plan: {len(todo)} step{'s' * (len(todo) != 1)} ({', '.join(t.slug for t in todo)}), "
+        f"{'/'.join(map(str, epochs))} epochs each, on {device.type}, {choice.jobs} at a time "
+        f"with {choice.threads} thread{'s' * (choice.threads != 1)} each; timing the first "
+        "batches of each step...")  # fmt: skip
+    estimates = {
+        t.slug: time_first_batches(t.slug, t.recipe, train, test, not args.quiet) for t in todo
+    }
+    plan = [
+        Planned(
+            t.slug,
+            t.recipe.epochs,
+            len(t.state["history"]) if t.state else 0,
+            estimates[t.slug].seconds,
+        )
+        for t in todo
+    ]
+    if choice.jobs > 1:  # the longest first: the jobs then end together, or nearly
+        plan.sort(key=lambda p: p.seconds_left, reverse=True)
+        todo.sort(key=lambda t: [p.step for p in plan].index(t.slug))
+    total = finish_time([], [p.seconds_left for p in plan], choice.jobs)
+    for line in plan_lines(plan, [], choice.jobs, total):
+        say(line)
+    overall = Overall(args.out, plan, choice.jobs).start()
+    try:
+        if choice.jobs == 1:
+            code = train_steps(args, todo, train, test, mnist, device, graphs, estimates, overall)
         else:
+            commands = [(t.slug, job_command(args, t.slug, choice.threads)) for t in todo]
+            codes = run_jobs(commands, choice.jobs, on_start=overall.started)
+            failed = {s: c for s, c in codes.items() if c != 0}
+            for slug, status in failed.items():
+                say(f"error: {slug}: its job exited with status {status} (its lines above say "
+                    "why)")  # fmt: skip
+            code = 2 if failed else 0
+    finally:
+        overall.stop()
+    say(overall.done_line(total))
+    return code
+
+
+def say(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def job_command(args: argparse.Namespace, slug: str, threads_each: int) -> list[str]:
+    """The ``python -m trainer run`` of one step of a --jobs run: this run's arguments."""
+    argv = [sys.executable, "-m", "trainer", "run", "--steps", slug, "--as-job"]
+    argv += ["--jobs", "1", "--threads", str(threads_each), "--device", args.device]
+    argv += ["--graphs", args.graphs, "--out", str(args.out), "--keep", str(args.keep)]
+    argv += ["--resume" if args.resume else "--fresh"]
+    for flag, value in (("--epochs", args.epochs), ("--limit", args.limit), ("--seed", args.seed)):
+        argv += [flag, str(value)] if value is not None else []
+    argv += ["--data-dir", str(args.data_dir)] if args.data_dir is not None else []
+    for pair in args.set:
+        argv += ["--set", pair]
+    return argv + (["--quiet"] if args.quiet else [])
+
+
+def train_steps(
+    args: argparse.Namespace,
+    todo: list[Todo],
+    train: Split,
+    test: Split,
+    mnist: MNIST,
+    device: torch.device,
+    graphs: bool,
+    estimates: dict[str, EpochEstimate],
+    overall: Overall | None,
+) -> int:
+    """Train, export and publish each step of `todo` in this process, one after another."""
+    command = "python -m trainer " + shlex.join(sys.argv[1:])
+    versions, commit = software_versions(), git_commit()
+    for t in todo:
+        slug, recipe, wanted, state = t.slug, t.recipe, t.wanted, t.state
+        step = get_step(slug)
+        if overall is not None:
+            overall.started(slug)
+        if not args.resume:
             remove_state(args.out, slug)
         torch.manual_seed(recipe.seed)
         model = step.build().to(device)
         if state is None:
             started, earlier = datetime.now(UTC).isoformat(timespec="seconds"), 0.0
-            print(f"{heading}: {count_params(model):,} params", file=sys.stderr)
+            say(f"{heading(slug)}: {count_params(model):,} params")
         else:
             started, earlier = state["started_at"], state["wall_seconds"]
             done = len(state["history"])
-            print(f"{heading}: resuming after epoch {done} of {recipe.epochs}", file=sys.stderr)
+            say(f"{heading(slug)}: resuming after epoch {done} of {recipe.epochs}")
         since = time.perf_counter() - earlier  # wall time counts the runs before a kill
         save = epoch_saver(args.out, wanted, started, since)
+        reporter = StepReporter(args.out, slug, recipe.epochs, started, since, estimates.get(slug))
         bar = not args.quiet and sys.stderr.isatty()
-        result = fit(
-            model, train, test, recipe, bar, slug, not args.quiet,
-            resume=state, save=save, cuda_graphs=graphs,
-        )  # fmt: skip
-        provenance = Provenance(
-            command=command,
-            seed=recipe.seed,
-            device=str(device) if device.type == "cpu" else torch.cuda.get_device_name(0),
-            versions=versions,
-            data=mnist.checksums,
-            limit=args.limit,
-            started_at=started,
-            wall_seconds=round(time.perf_counter() - since, 2),
-            git_commit=commit,
-            cuda_graphs=result.cuda_graphs,
-            code=wanted.code,
-        )
-        metrics = Metrics(
-            step=slug,
-            number=step.info.number,
-            title=step.info.title,
-            objective=step.objective,
-            params=count_params(model),
-            recipe=asdict(recipe),
-            epochs=result.epochs,
-            best_epoch=result.best_epoch,
-            best_test_accuracy=result.best.test_accuracy,
-            provenance=provenance,
-            verification={},
-        )
-        save_checkpoint(args.out, slug, result.best_state, {"metrics": metrics.model_dump()})
-        promotion = Promotion(args.out, slug, result.best.test_accuracy, force=args.promote)
-        version = export_and_publish(
-            args.out, slug, result.best_state, metrics, test, args.keep, promotion
-        )
+        try:
+            result = fit(
+                model, train, test, recipe, bar, slug, not args.quiet,
+                resume=state, save=save, cuda_graphs=graphs, watch=reporter,
+            )  # fmt: skip
+            provenance = Provenance(
+                command=command,
+                seed=recipe.seed,
+                device=str(device) if device.type == "cpu" else torch.cuda.get_device_name(0),
+                versions=versions,
+                data=mnist.checksums,
+                limit=args.limit,
+                started_at=started,
+                wall_seconds=round(time.perf_counter() - since, 2),
+                git_commit=commit,
+                cuda_graphs=result.cuda_graphs,
+                code=wanted.code,
+            )
+            metrics = Metrics(
+                step=slug,
+                number=step.info.number,
+                title=step.info.title,
+                objective=step.objective,
+                params=count_params(model),
+                recipe=asdict(recipe),
+                epochs=result.epochs,
+                best_epoch=result.best_epoch,
+                best_test_accuracy=result.best.test_accuracy,
+                provenance=provenance,
+                verification={},
+            )
+            save_checkpoint(args.out, slug, result.best_state, {"metrics": metrics.model_dump()})
+            promotion = Promotion(args.out, slug, result.best.test_accuracy, force=args.promote)
+            version = export_and_publish(
+                args.out, slug, result.best_state, metrics, test, args.keep, promotion
+            )
+        except KeyboardInterrupt:
+            reporter.finish("stopped", message="interrupted; `run --resume` goes on from here")
+            raise
+        except Exception as e:
+            reporter.finish("failed", message=f"{type(e).__name__}: {e}"[:500])
+            raise
+        reporter.finish("published", version=version)
         remove_state(args.out, slug)  # published: nothing left to resume
-        print(
+        say(
             f"published {slug} {version}: best test accuracy {result.best.test_accuracy:.2f}% "
-            f"(epoch {result.best_epoch})",
-            file=sys.stderr,
+            f"(epoch {result.best_epoch})"
         )
-        print(promotion.message(version), file=sys.stderr)
+        say(promotion.message(version))
+    return 0
 
 
 def cmd_export(args: argparse.Namespace) -> None:
@@ -439,20 +563,41 @@ def build_parser() -> argparse.ArgumentParser:
         "recipes; a step that cannot be captured trains eagerly and says why). Default off: "
         "not yet measured on a GPU; auto uses graphs only where CUDA is",
     )
-    again = run.add_mutually_exclusive_group()
-    again.add_argument(
+    # The last of --resume and --fresh wins: `make train TRAIN_ARGS=--fresh` starts over.
+    run.add_argument(
         "--resume",
         action="store_true",
         help="continue each step from its last completed epoch (checkpoints/<step>.resume.pt) "
-        "and skip steps whose published version has this recipe, code and data",
+        "and skip steps whose published version has this recipe, code and data (what `make "
+        "train`, `make demo` and the Docker image do)",
     )
-    again.add_argument(
+    run.add_argument(
         "--fresh",
-        action="store_true",
+        dest="resume",
+        action="store_false",
         help="start every step from its first epoch, discarding resume states (the default "
-        "without --resume)",
+        "without --resume; the last of the two wins)",
     )
-    run.add_argument("--quiet", action="store_true", help="no progress bar, no epoch lines")
+    run.add_argument(
+        "--jobs",
+        type=at_least_one,
+        metavar="N",
+        help="train N steps at once, one process each (default: on a CPU one per core, at most "
+        "one per step; on CUDA 1)",
+    )
+    run.add_argument(
+        "--threads",
+        type=at_least_one,
+        metavar="T",
+        help="intra-op threads of each job (default: $OMP_NUM_THREADS, else the cores shared "
+        "by the jobs)",
+    )
+    run.add_argument("--as-job", action="store_true", help=argparse.SUPPRESS)  # one of --jobs
+    run.add_argument(
+        "--quiet",
+        action="store_true",
+        help="no progress bar, no epoch lines (the plan and the progress line stay)",
+    )
     volume_args(run)
     data_args(run)
     run.set_defaults(func=cmd_run)
@@ -502,7 +647,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        args.func(args)
+        code = args.func(args)
     except (
         DataError, ExportError, VolumeError, UnknownStepError, UnknownVersionError, RecipeError,
         ResumeError,
@@ -512,4 +657,4 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted: the last published versions are still in place", file=sys.stderr)
         return 130
-    return 0
+    return code or 0
