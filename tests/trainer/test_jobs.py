@@ -26,6 +26,7 @@ def trainer_env() -> dict[str, str]:
     }
 
 
+@pytest.mark.slow
 def test_jobs_publish_every_step_once_into_one_volume(mnist_dir: Path, tmp_path: Path) -> None:
     done = subprocess.run(
         [sys.executable, "-m", "trainer", "run", "--steps", ",".join(STEPS), "--jobs", "2",
@@ -77,6 +78,7 @@ def test_make_resumes_unless_told_fresh(target: str) -> None:
     assert not args.resume
 
 
+@pytest.mark.slow
 def test_a_second_make_train_goes_on_where_the_first_ended(mnist_dir: Path, tmp_path: Path) -> None:
     """`make train`'s own command, twice (a subset through TRAIN_ARGS): the second run trains
     nothing, it finds the step published from the same recipe, code and data."""

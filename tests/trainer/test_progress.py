@@ -165,6 +165,7 @@ def test_a_reader_never_sees_half_a_file(tmp_path: Path) -> None:
     assert not list(path.parent.glob("*.tmp*")), "a temporary file was left behind"
 
 
+@pytest.mark.slow
 def test_a_killed_trainer_leaves_a_stale_file(mnist_dir: Path, tmp_path: Path) -> None:
     """A real trainer, killed with SIGKILL while it trains: its file still says `training`, and
     is_stale() knows its writer is gone; before the kill the same file was not stale."""

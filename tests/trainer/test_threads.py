@@ -73,6 +73,7 @@ def test_wait_policy_only_where_the_user_set_none(
     assert ("as set" in words) == bool(environ), words
 
 
+@pytest.mark.slow
 def test_the_users_variables_win_and_the_first_line_says_so(
     mnist_dir: Path, tmp_path: Path
 ) -> None:
