@@ -11,8 +11,9 @@ excluded), and the routes that infer add children: `read body`, `decode and prep
 `inference`, each with the step and version (`mnist.step`, `mnist.version`), which the server
 span carries too.
 
-Off, nothing of OpenTelemetry is imported (tests/service/test_tracing.py checks it), and `span`
-hands back one shared no-op context manager: bench/serve.py measures what that costs.
+Off, neither the SDK nor the instrumentation is imported (tests/service/test_tracing.py checks
+it; FastAPI itself imports the OpenTelemetry API where it is installed), and `span` hands back
+one shared no-op context manager: bench/serve.py measures what that costs.
 """
 
 from __future__ import annotations
@@ -83,6 +84,7 @@ def instrument(app: FastAPI, provider: TracerProvider | None = None) -> None:
         excluded_urls=EXCLUDED_URLS,
         exclude_spans=["receive", "send"],
     )
+    app.middleware_stack = None  # built again, tracing included, at the next request
     _tracer = provider.get_tracer("service")
 
 

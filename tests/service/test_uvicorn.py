@@ -90,6 +90,48 @@ def test_empty_volume_then_publish_then_hot_swap(tmp_path: Path) -> None:
     assert "step gap: serving version" in (tmp_path / "uvicorn.log").read_text()
 
 
+def test_rollback_under_load_fails_no_request(tmp_path: Path) -> None:
+    """`python -m trainer rollback` while clients post, some pinned to a version with
+    `?version=`: the service follows within POLL_SECONDS and every request is answered."""
+    models_dir = tmp_path / "models"
+    first = publish(models_dir, "gap", random_model(1))
+    second = publish(models_dir, "gap", random_model(2))
+    with uvicorn(models_dir, tmp_path / "uvicorn.log") as client:
+        answered: list[tuple[int, str]] = []
+        stop = threading.Event()
+
+        def hammer(query: str) -> None:
+            while not stop.is_set():
+                reply = client.post(f"/predict/gap{query}", content=DIGIT, headers=PNG)
+                answered.append((reply.status_code, reply.json().get("version", reply.text)))
+
+        workers = [threading.Thread(target=hammer, args=(q,)) for q in ("", f"?version={second}")]
+        for worker in workers:
+            worker.start()
+
+        def serving() -> str:
+            return str(client.get("/steps/gap").json()["serving"])
+
+        try:
+            for version in (first, second):
+                rollback = subprocess.run(
+                    [sys.executable, "-m", "trainer", "rollback", "gap", version,
+                     "--out", str(models_dir)],
+                    cwd=ROOT, env=os.environ | {"PYTHONPATH": str(ROOT)}, capture_output=True,
+                    text=True, timeout=120,
+                )  # fmt: skip
+                assert rollback.returncode == 0, rollback.stderr
+                wait_for(lambda v=version: serving() == v, f"the rollback to {version}")
+                time.sleep(0.5)  # requests on the version rolled to
+        finally:
+            stop.set()
+            for worker in workers:
+                worker.join(timeout=30)
+        assert answered and {code for code, _ in answered} == {200}, answered[:5]
+        assert {version for _, version in answered} == {first, second}
+    assert "loaded pinned version" not in (tmp_path / "uvicorn.log").read_text()  # held
+
+
 def test_limits_hold_in_a_real_server(tmp_path: Path) -> None:
     models_dir = tmp_path / "models"
     publish(models_dir, "gap")
