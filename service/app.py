@@ -28,7 +28,7 @@ from service import openapi, telemetry, tracing
 from service.auth import ApiKeys
 from service.limits import RequestLimits
 from service.models import ModelRegistry
-from service.routes import lab, ops, predict, steps, v2
+from service.routes import inside, lab, ops, predict, steps, v2
 from service.settings import Settings, cores_per_worker
 from service.uploads import document_limits
 
@@ -120,7 +120,7 @@ app = FastAPI(
     lifespan=lifespan,
 )
 # The lab first: its `POST /predict/all` must match before `/predict/{step}` takes "all".
-for module in (lab, predict, steps, ops, v2):
+for module in (lab, predict, steps, inside, ops, v2):
     app.include_router(module.router)
 app.mount("/static", lab.static_files, name="static")
 # Body deadlines, requests in flight, responses counted by route and code (service/limits.py).

@@ -26,6 +26,8 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from service.inside import InsideModel
+from service.sessions import session_options
 from volume import (
     IMAGE_SIZE,
     INDEX_FILE,
@@ -57,25 +59,13 @@ class LoadedModel:
     session: ort.InferenceSession
     mistakes: Mistakes | None = None  # None: a version published before mistakes.json
     samples: Samples | None = None  # None: a version published before samples.json
+    inside: InsideModel | None = None  # every layer's output (service/inside.py); None: ...
+    inside_problem: str = ""  # ... why not: its graph does not line up with its table
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         """Probabilities [N,10] for normalised images [N,1,28,28]; thread-safe."""
         probabilities: np.ndarray = self.session.run([OUTPUT_NAME], {INPUT_NAME: batch})[0]
         return probabilities
-
-
-def session_options(threads: int) -> ort.SessionOptions:
-    """Settings shared by every session: the service runs one a step (eight) side by side."""
-    options = ort.SessionOptions()
-    # By default each session starts one intra-op thread per core; eight sessions would put
-    # eight threads on every core. These models are tiny, so `threads` (1 by default) per run
-    # is enough, and concurrent requests use the other cores.
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    # Idle pool threads would otherwise spin waiting for work, each burning a core.
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return options
 
 
 def load_model(published: PublishedVersion, options: ort.SessionOptions) -> LoadedModel:
@@ -90,6 +80,13 @@ def load_model(published: PublishedVersion, options: ort.SessionOptions) -> Load
             f"{published.model_path}: graph has inputs {inputs} and outputs {outputs}, expected "
             f"{INPUT_NAME!r} -> {OUTPUT_NAME!r}; re-export it with `python -m trainer export`"
         )
+    # The inside view is a part of the lab: a version that has none still serves predictions.
+    inside, problem = None, ""
+    try:
+        inside = InsideModel(published.model_bytes, published.summary, options)
+    except Exception as e:  # the mapping's own InsideError, or onnx / onnxruntime refusing
+        problem = f"{type(e).__name__}: {e}"
+        log.warning("step %s version %s: no inside view: %s", published.step, published.version, e)
     model = LoadedModel(
         published.step,
         published.version,
@@ -98,6 +95,8 @@ def load_model(published: PublishedVersion, options: ort.SessionOptions) -> Load
         session,
         mistakes=published.mistakes,
         samples=published.samples,
+        inside=inside,
+        inside_problem=problem,
     )
     # One run now, so that a model that loads but cannot answer is never served.
     probabilities = model.predict(np.zeros((2, 1, IMAGE_SIZE, IMAGE_SIZE), np.float32))

@@ -8,12 +8,15 @@ python -m trainer summary setup                   # the seed-style layer table
 python -m trainer export gap                      # re-export a kept checkpoint, no training
 python -m trainer ls                              # what the model volume holds
 python -m trainer rollback gap                    # serve gap's previous kept version again
+
+python -m trainer digit > digit.png               # a published sample test digit (a 7) as a PNG
 python -m trainer report --collect models         # reports/REPORT.md from published runs
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import os
 import platform
 import shlex
@@ -328,6 +331,42 @@ def cmd_rollback(args: argparse.Namespace) -> None:
     )
 
 
+def sample_digit_png(volume: Path, label: int, scale: int = 4) -> bytes:
+    """The first published sample test digit of ``label`` as a PNG, dark ink on white as on
+    paper, ``scale`` times MNIST's 28x28: a digit to try the service with, read from the model
+    volume, so it is there however the trainer got MNIST (a folder or the download)."""
+    from PIL import Image  # torchvision's dependency; only this command needs it
+
+    index = read_index(volume)
+    for slug in STEP_SLUGS:
+        entry = index.steps.get(slug)
+        samples = read_version(volume, slug, entry).samples if entry else None
+        for digit in samples.digits if samples else []:
+            if digit.label == label:
+                image = Image.frombytes("L", (28, 28), digit.grey()).point(lambda v: 255 - v)
+                buffer = io.BytesIO()
+                image.resize((28 * scale, 28 * scale), Image.Resampling.NEAREST).save(
+                    buffer, format="PNG"
+                )
+                return buffer.getvalue()
+    raise VolumeError(
+        f"no published step in {volume} holds a sample digit {label}: train a step first "
+        "(python -m trainer run), then ask again"
+    )
+
+
+def cmd_digit(args: argparse.Namespace) -> None:
+    if sys.stdout.isatty():
+        # A PNG on a terminal is noise; in Docker a terminal also mangles it (add -T).
+        raise SystemExit(
+            "error: digit writes a PNG to standard output: redirect it to a file, e.g. "
+            "`python -m trainer digit > digit.png` (with `docker compose run`, add -T)"
+        )
+    png = sample_digit_png(args.out, args.label)
+    sys.stdout.buffer.write(png)
+    sys.stdout.flush()
+
+
 def cmd_report(args: argparse.Namespace) -> None:
     from trainer import report
 
@@ -448,6 +487,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     volume_args(rollback)
     rollback.set_defaults(func=cmd_rollback)
+
+    digit = sub.add_parser(
+        "digit", help="write a published sample test digit as a PNG to standard output"
+    )
+    digit.add_argument(
+        "--label", type=int, choices=range(10), default=7, metavar="0-9", help="default: 7"
+    )
+    volume_args(digit)
+    digit.set_defaults(func=cmd_digit)
     return parser
 
 

@@ -38,8 +38,6 @@ from volume import (
     Metrics,
     PublishedVersion,
     VolumeError,
-    _dump,
-    _load_json,
     atomic_write_bytes,
     list_versions,
     read_index,
@@ -47,6 +45,8 @@ from volume import (
     version_folder,
     writer_lock,
 )
+from volume.publishing import _dump
+from volume.reading import _load_json
 
 # What `new_version_name` makes: UTC time to the microsecond, then the model's sha256 prefix.
 VERSION_PATTERN = r"^\d{8}T\d{6}\.\d{6}Z-[0-9a-f]{8}$"
