@@ -106,6 +106,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         poller.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await poller
+        await anyio.to_thread.run_sync(tracing.flush)  # the spans still batched (when on)
 
 
 app = FastAPI(

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from service import tracing
@@ -97,6 +97,26 @@ def test_probes_are_not_traced_and_a_pinned_version_is_named(
     assert answer.json()["version"] == old
     server, children = tree(exporter.get_finished_spans())
     assert {s.attributes["mnist.version"] for s in (server, *children)} == {old}  # type: ignore[index]
+
+
+def test_the_spans_still_batched_are_sent_when_the_service_stops(
+    models_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    # As in production, batched; the batch is due long after this test.
+    provider.add_span_processor(BatchSpanProcessor(exporter, schedule_delay_millis=600_000))
+    tracing.instrument(app, provider)
+    try:
+        for client in start_client(models_dir, monkeypatch):
+            assert client.post("/predict/gap", content=DIGIT,
+                               headers={"content-type": "image/png"}).status_code == 200  # fmt: skip
+            assert exporter.get_finished_spans() == ()  # held in the batch
+        server, children = tree(exporter.get_finished_spans())  # the lifespan ended: sent
+        assert (server.name, [s.name for s in children]) == ("POST /predict/{step}", CHILDREN)
+    finally:
+        tracing.uninstrument(app)
+        provider.shutdown()
 
 
 def test_off_the_sdk_is_not_imported() -> None:
