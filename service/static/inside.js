@@ -17,6 +17,7 @@ const view = {
   other: null, // slug of the step beside it
   image: null, // { generation, blob } from lab.js, or null before any input
   visible: false,
+  penDown: false, // a stroke on the pad is under way
   busy: false,
   dirty: true,
   answers: new Map(), // `${slug} ${generation}` -> POST /inside answer
@@ -390,7 +391,7 @@ $("#inside-other").addEventListener("change", (event) => {
 
 function changed() {
   view.dirty = true;
-  if (view.visible) pump();
+  if (view.visible && !view.penDown) pump();
 }
 
 async function weightsOf(step) {
@@ -438,7 +439,7 @@ async function pump() {
   view.busy = true;
   const status = $("#inside-status");
   try {
-    while (view.dirty) {
+    while (view.dirty && !view.penDown) {
       view.dirty = false;
       const generation = view.image?.generation ?? 0;
       try {
@@ -460,6 +461,20 @@ document.addEventListener("lab:input", (event) => {
   changed();
 });
 
+// While a stroke is under way, lab.js answers it every few points; drawing two columns of
+// tiles each time took the pen's frames (a drawing took twice as long), so the view waits
+// for the pen to lift.
+const pad = $("#pad");
+pad.addEventListener("pointerdown", () => {
+  view.penDown = true;
+});
+for (const type of ["pointerup", "pointercancel"]) {
+  pad.addEventListener(type, () => {
+    view.penDown = false;
+    changed();
+  });
+}
+
 document.addEventListener("lab:steps", (event) => {
   view.steps = event.detail;
   view.weights.clear();
@@ -477,7 +492,7 @@ document.addEventListener("lab:steps", (event) => {
 new IntersectionObserver(
   (entries) => {
     view.visible = entries.some((e) => e.isIntersecting);
-    if (view.visible && view.dirty) pump();
+    if (view.visible && view.dirty && !view.penDown) pump();
   },
   { rootMargin: "400px 0px" },
 ).observe($("#inside"));

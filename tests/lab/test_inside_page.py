@@ -57,7 +57,7 @@ def look_inside(page, chosen: str, beside: str) -> None:
     )
 
 
-def test_tiles_for_every_layer_of_two_steps(desktop, lab_url: str) -> None:
+def test_tiles_for_every_layer_of_two_steps_and_their_diff(desktop, lab_url: str) -> None:
     draw_with_mouse(desktop, SEVEN)
     answered(desktop)
     look_inside(desktop, *PAIR)
@@ -89,17 +89,15 @@ def test_tiles_for_every_layer_of_two_steps(desktop, lab_url: str) -> None:
     item.locator("button.more").click()
     item.locator(".tile").nth(widest["output_shape"][1] - 1).wait_for()
     assert item.locator(".tile").count() == widest["output_shape"][1]
-
-
-def test_the_diff_names_the_changed_layers(desktop, lab_url: str) -> None:
-    draw_with_mouse(desktop, SEVEN)
-    answered(desktop)
-    look_inside(desktop, *PAIR)
+    # What changed: BatchNorm after each convolution but the last, nothing else.
     later, earlier = PAIR
     rows = desktop.locator("#inside-diff tbody tr")
     added = rows.filter(has=desktop.locator("td.change", has_text="added"))
     names = added.evaluate_all("rs => rs.map(r => r.children[4].textContent)")
-    assert names == [r["name"] for r in summary(lab_url, later) if r["type"] == "BatchNorm2d"]
+    norms = [r for r in summary(lab_url, later) if r["type"] == "BatchNorm2d"]
+    assert names == [r["name"] for r in norms]
+    deltas = added.evaluate_all("rs => rs.map(r => r.children[7].textContent)")
+    assert deltas == [f"+{r['params']:,}" for r in norms]  # gamma and beta per channel
     assert rows.count() == len(summary(lab_url, later))  # every earlier row pairs with one
     heading = desktop.locator("#inside-diff h3").inner_text()
     assert heading == f"What changed from {earlier} to {later}"
@@ -176,6 +174,9 @@ def test_inside_screenshots(request: pytest.FixtureRequest, screen: str) -> None
     tile.scroll_into_view_if_needed()
     tile.click()
     assert page.evaluate("document.documentElement.scrollWidth") <= page.viewport_size["width"]
+    # The diff's table fits too (its box would scroll it sideways otherwise).
+    table = page.locator("#inside-diff .table-scroll")
+    assert table.evaluate("e => e.scrollWidth <= e.clientWidth")
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     page.locator("#inside-title").evaluate("e => e.scrollIntoView({block: 'start'})")
     page.screenshot(path=str(SCREENSHOTS / f"inside-{screen}.png"))
