@@ -28,7 +28,7 @@ from service import openapi, telemetry, tracing
 from service.auth import ApiKeys
 from service.limits import RequestLimits
 from service.models import ModelRegistry
-from service.routes import inside, lab, ops, predict, steps, v2
+from service.routes import docs, inside, lab, ops, predict, steps, v2
 from service.settings import Settings, cores_per_worker
 from service.uploads import document_limits
 
@@ -118,9 +118,12 @@ app = FastAPI(
     ),
     version="0.1.0",
     lifespan=lifespan,
+    # FastAPI's own pages load Swagger UI and ReDoc from a CDN: /docs is service/routes/docs.py.
+    docs_url=None,
+    redoc_url=None,
 )
 # The lab first: its `POST /predict/all` must match before `/predict/{step}` takes "all".
-for module in (lab, predict, steps, inside, ops, v2):
+for module in (lab, predict, steps, inside, ops, v2, docs):
     app.include_router(module.router)
 app.mount("/static", lab.static_files, name="static")
 # Body deadlines, requests in flight, responses counted by route and code (service/limits.py).
