@@ -185,10 +185,12 @@ async function predictNewest() {
   live.image = blob && { generation, blob, label: input.label, what: input.what };
   if (!blob) {
     showIdle();
+    document.dispatchEvent(new CustomEvent("lab:input", { detail: null }));
   } else {
     try {
       showAnswers(await postImage("/predict/all", blob), generation);
       live.failed = false;
+      document.dispatchEvent(new CustomEvent("lab:input", { detail: live.image })); // inside.js
     } catch (error) {
       live.failed = true;
       showError(error);
@@ -402,6 +404,7 @@ function refreshSteps() {
     try {
       steps = await getJSON("/steps");
       buildCards();
+      document.dispatchEvent(new CustomEvent("lab:steps", { detail: steps }));
       await showJourney(steps, useDigit);
       changed(); // answer the same input again, on the new cards
     } finally {
@@ -440,6 +443,7 @@ async function start() {
     return;
   }
   buildCards();
+  document.dispatchEvent(new CustomEvent("lab:steps", { detail: steps }));
   showIdle();
   await Promise.all([showJourney(steps, useDigit), showSamples()]);
   page.ready = "true";
