@@ -153,6 +153,17 @@ def test_screenshots_of_the_live_view(browser, live_server: LiveServer, screen: 
     assert problems.seen == []
 
 
+# The trainer's side of the progress contract (volume/progress.py) comes with issue 28.
+TRAINER_WRITES_PROGRESS = any(
+    "write_progress" in path.read_text() for path in (ROOT / "trainer").glob("*.py")
+)
+
+
+@pytest.mark.skipif(
+    not TRAINER_WRITES_PROGRESS,
+    reason="the trainer does not write progress/<step>.json yet (volume.progress.write_progress "
+    "is called nowhere in trainer/): issue 28's trainer-side progress has not landed",
+)
 @pytest.mark.timeout(1200)
 def test_a_real_trainer_seen_live(browser, live_server: LiveServer, mnist_dir: Path) -> None:
     """`python -m trainer run` trains HELD into the served volume while the page is open: its
