@@ -7,7 +7,7 @@ MNIST_DIR ?= $(firstword $(wildcard ../shared/datasets/mnist) data/mnist)
 MODELS_DIR ?= models
 export MNIST_DIR MODELS_DIR
 
-.PHONY: install train serve demo test lint docker-e2e bench report clean
+.PHONY: install train serve demo test lint images docker-e2e bench report clean
 
 install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
@@ -59,7 +59,12 @@ bench: install  ## the CPU benchmarks (about 45 minutes); on a GPU also run benc
 	$(PY) bench/preprocess.py
 	$(PY) bench/peers.py
 
-docker-e2e: install  ## build both images on a real engine and run train -> serve -> predict
+# OFFLINE=1: where the engine reaches no image registry (a debootstrapped base, wheels from the host).
+OFFLINE ?= 0
+images:  ## build both images under docker-compose.yml's names (OFFLINE=1 without a registry)
+	OFFLINE=$(OFFLINE) bash docker/build-images.sh
+
+docker-e2e: install  ## follow docs/docker.md on a real engine, offline, with Compose v2 and 1.29
 	bash tests/docker/e2e.sh
 
 clean:

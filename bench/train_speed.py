@@ -33,8 +33,8 @@ from torchvision import transforms
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from trainer.data import Split, read_mnist_folder
+from trainer.loop import evaluate, make_optimizer, make_scheduler, train_one_epoch
 from trainer.steps import Recipe, get_step
-from trainer.train import evaluate, make_optimizer, make_scheduler, train_one_epoch
 from volume import MNIST_MEAN, MNIST_STD
 
 

@@ -74,8 +74,8 @@ import torch  # noqa: E402
 from trainer.cli import parse_steps  # noqa: E402
 from trainer.data import Split, read_mnist_folder  # noqa: E402
 from trainer.graphs import GraphTrainer  # noqa: E402
+from trainer.loop import evaluate, make_optimizer, make_scheduler, train_one_epoch  # noqa: E402
 from trainer.steps import Recipe, get_step  # noqa: E402
-from trainer.train import evaluate, make_optimizer, make_scheduler, train_one_epoch  # noqa: E402
 from volume import (  # noqa: E402
     ASSIGNMENT_SLUGS,
     FINAL_STEP,

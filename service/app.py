@@ -24,11 +24,12 @@ import anyio
 from fastapi import FastAPI
 from PIL import Image
 
-from service import telemetry
+from service import openapi, telemetry, tracing
+from service.auth import ApiKeys
 from service.limits import RequestLimits
 from service.live import LiveFeed, closed_on_exit_signals
 from service.models import ModelRegistry
-from service.routes import lab, live, ops, predict, steps, v2
+from service.routes import inside, lab, live, ops, predict, steps, v2
 from service.settings import Settings, cores_per_worker
 from service.uploads import document_limits
 
@@ -80,7 +81,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     Image.MAX_IMAGE_PIXELS = settings.max_image_pixels
     warnings.simplefilter("error", Image.DecompressionBombWarning)
     keep_freed_memory()
-    models = ModelRegistry(settings.models_dir, settings.inference_threads, telemetry.serving)
+    models = ModelRegistry(
+        settings.models_dir, settings.inference_threads, telemetry.serving,
+        pinned=settings.pinned_versions,
+    )  # fmt: skip
     await anyio.to_thread.run_sync(models.refresh)
     if not models.models:
         log.warning(
@@ -92,7 +96,12 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.settings = settings
     app.state.models = models
     app.state.live = feed
-    document_limits(settings)  # the OpenAPI schema says MAX_BATCH: built after this
+    app.state.api_keys = tuple(key.get_secret_value().encode() for key in settings.api_keys)
+    log.info(
+        "API keys: %s",
+        f"on ({len(settings.api_keys)} keys)" if settings.api_keys else "off (no key is asked for)",
+    )
+    document_limits(settings)  # the OpenAPI schema says MAX_BATCH and keys: built after this
     app.openapi_schema = None
     # CPU-bound work beyond the number of cores only queues up and holds decoded images in
     # memory; this caps how many requests decode and infer at once.
@@ -120,8 +129,13 @@ app = FastAPI(
     lifespan=lifespan,
 )
 # The lab first: its `POST /predict/all` must match before `/predict/{step}` takes "all".
-for module in (lab, predict, steps, live, ops, v2):
+for module in (lab, predict, steps, inside, live, ops, v2):
     app.include_router(module.router)
 app.mount("/static", lab.static_files, name="static")
 # Body deadlines, requests in flight, responses counted by route and code (service/limits.py).
 app.add_middleware(RequestLimits)
+# Outside it: a request without a valid key is refused before it takes a place (service/auth.py).
+app.add_middleware(ApiKeys)
+openapi.complete(app)
+if tracing.configured():  # OTEL_EXPORTER_OTLP_ENDPOINT or OTEL_TRACES_EXPORTER (service/tracing.py)
+    tracing.instrument(app)

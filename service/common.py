@@ -1,19 +1,29 @@
 """What every group of routes shares: the app's state as dependencies, step lookup, errors.
 
 A route names a step by slug, 1-based number or `best`; `loaded` turns that into the model
-serving it, or into the 404 / 503 that says what to do.
+serving it, or into the 404 / 503 that says what to do; `loaded_version` does the same for a
+kept version that a request pins (`?version=`).
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import Depends, HTTPException, Path, Request, status
+import anyio
+from fastapi import Depends, HTTPException, Path, Query, Request, status
 from pydantic import BaseModel, Field
 
 from service.models import LoadedModel, ModelRegistry
 from service.settings import Settings
-from volume import STEP_NAME_PATTERN, STEP_SLUGS, STEPS, UnknownStepError, resolve_step
+from volume import (
+    STEP_NAME_PATTERN,
+    STEP_SLUGS,
+    STEPS,
+    UnknownStepError,
+    VolumeError,
+    resolve_step,
+)
+from volume.versions import VERSION_PATTERN, UnknownVersionError
 
 
 def train_command(steps: str = "all") -> str:
@@ -54,6 +64,18 @@ StepName = Annotated[
 ]
 
 
+# `?version=`: documented by its pattern, as `StepName` is; an unknown one is the API's 404.
+VersionQuery = Annotated[
+    str | None,
+    Query(
+        description="a kept version of the step to answer from (`GET /steps/{step}` lists "
+        "them); default: the current one",
+        examples=["20261125T161300.123456Z-3f2a9c1b"],
+        json_schema_extra={"pattern": VERSION_PATTERN},
+    ),
+]
+
+
 class ErrorDetail(BaseModel):
     detail: str = Field(examples=["unknown step 'x': use one of setup, ..., or 'best'"])
 
@@ -62,7 +84,7 @@ def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI entries for the error answers a route can give."""
     meaning = {
         400: "a malformed multipart body, or more `file` fields than MAX_BATCH",
-        404: "unknown step",
+        404: "unknown step, or a version the volume does not keep",
         408: "the request body did not arrive within BODY_TIMEOUT seconds",
         413: "upload or image too large",
         415: "not an image type",
@@ -96,3 +118,24 @@ def loaded(step: str, models: ModelRegistry) -> LoadedModel:
             f"{train_hint(slug)}",
         )
     return model
+
+
+async def loaded_version(step: str, version: str | None, models: ModelRegistry) -> LoadedModel:
+    """The model serving `step`, or its kept version `version` (loaded on demand, off the
+    event loop, then held); 404 / 503 as `loaded`, 404 for a version the volume does not keep
+    (the detail names the kept ones), 503 for a kept one that cannot be loaded."""
+    model = loaded(step, models)
+    if version is None:
+        return model
+    pinned = models.held(model.step, version)
+    if pinned is not None:
+        return pinned
+    try:
+        return await anyio.to_thread.run_sync(models.load_pinned, model.step, version)
+    except UnknownVersionError as e:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, str(e)) from None
+    except VolumeError as e:
+        raise HTTPException(
+            status.HTTP_503_SERVICE_UNAVAILABLE,
+            f"{e}; ask for another version (`GET /steps/{model.step}` lists them)",
+        ) from None

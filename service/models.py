@@ -8,12 +8,17 @@ Swapping: the registry's dict of loaded models is rebuilt and replaced in one as
 request takes one `LoadedModel` from it and uses only that, so a swap never changes the model
 under a request in flight; the old version's session is released (garbage-collected) as soon as
 the last request holding it returns.
+
+Pinned versions (`?version=`): a kept version other than the current one is loaded on demand
+and held in a least-recently-used cache of PINNED_VERSIONS models; a version that stops being
+current goes there too, so that clients pinned to it (a rollback's) are not made to wait.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from service.inside import InsideModel
 from volume import (
     IMAGE_SIZE,
     INDEX_FILE,
@@ -36,6 +42,7 @@ from volume import (
     read_index,
     read_version,
 )
+from volume.versions import UnknownVersionError, read_kept
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +58,8 @@ class LoadedModel:
     session: ort.InferenceSession
     mistakes: Mistakes | None = None  # None: a version published before mistakes.json
     samples: Samples | None = None  # None: a version published before samples.json
+    inside: InsideModel | None = None  # every layer's output (service/inside.py); None: ...
+    inside_problem: str = ""  # ... why not: its graph does not line up with its table
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         """Probabilities [N,10] for normalised images [N,1,28,28]; thread-safe."""
@@ -84,6 +93,13 @@ def load_model(published: PublishedVersion, options: ort.SessionOptions) -> Load
             f"{published.model_path}: graph has inputs {inputs} and outputs {outputs}, expected "
             f"{INPUT_NAME!r} -> {OUTPUT_NAME!r}; re-export it with `python -m trainer export`"
         )
+    # The inside view is a part of the lab: a version that has none still serves predictions.
+    inside, problem = None, ""
+    try:
+        inside = InsideModel(published.model_bytes, published.summary, options)
+    except Exception as e:  # the mapping's own InsideError, or onnx / onnxruntime refusing
+        problem = f"{type(e).__name__}: {e}"
+        log.warning("step %s version %s: no inside view: %s", published.step, published.version, e)
     model = LoadedModel(
         published.step,
         published.version,
@@ -92,6 +108,8 @@ def load_model(published: PublishedVersion, options: ort.SessionOptions) -> Load
         session,
         mistakes=published.mistakes,
         samples=published.samples,
+        inside=inside,
+        inside_problem=problem,
     )
     # One run now, so that a model that loads but cannot answer is never served.
     probabilities = model.predict(np.zeros((2, 1, IMAGE_SIZE, IMAGE_SIZE), np.float32))
@@ -118,9 +136,11 @@ class ModelRegistry:
         root: Path,
         threads: int = 1,
         on_swap: Callable[[str, str, str | None], None] | None = None,
+        pinned: int = 8,
     ) -> None:
         """`on_swap(step, version, previous version)` is called after each swap (the app
-        records it in Prometheus: this module stays free of the web service's parts)."""
+        records it in Prometheus: this module stays free of the web service's parts).
+        `pinned`: how many versions other than the current ones are held loaded."""
         self.root = Path(root)
         self._on_swap = on_swap
         self._options = session_options(threads)
@@ -129,6 +149,9 @@ class ModelRegistry:
         self._failed: set[tuple[str, str]] = set()
         self._problems: dict[str, str] = {}  # "volume" or a step -> what is wrong with it
         self._refreshing = threading.Lock()
+        self._pinned: OrderedDict[tuple[str, str], LoadedModel] = OrderedDict()
+        self._pinned_size = pinned
+        self._pinning = threading.Lock()
 
     @property
     def models(self) -> Mapping[str, LoadedModel]:
@@ -204,8 +227,58 @@ class ModelRegistry:
                     continue
                 self._problem(step, None)
                 swapped.append(step)
+                if current is not None:
+                    self._remember(current)
                 if self._on_swap is not None:
                     self._on_swap(step, entry.version, current.version if current else None)
                 log.info("step %s: serving version %s", step, entry.version)
             self._models = models  # one assignment: readers see the old dict or the new one
+            self._forget_pruned()
             return swapped
+
+    def _forget_pruned(self) -> None:
+        """Drop the pinned versions the trainer has pruned: no longer kept, no longer served."""
+        with self._pinning:
+            held = list(self._pinned)
+        gone = [key for key in held if not (self.root / key[0] / key[1]).is_dir()]
+        with self._pinning:
+            for key in gone:
+                self._pinned.pop(key, None)
+
+    def _remember(self, model: LoadedModel) -> None:
+        """Hold `model` among the pinned versions, the least recently used one dropped."""
+        with self._pinning:
+            self._pinned[model.step, model.version] = model
+            self._pinned.move_to_end((model.step, model.version))
+            while len(self._pinned) > self._pinned_size:
+                self._pinned.popitem(last=False)
+
+    def held(self, step: str, version: str) -> LoadedModel | None:
+        """Version `version` of `step` if it is loaded (current or pinned): no file is read."""
+        current = self._models.get(step)
+        if current is not None and current.version == version:
+            return current
+        with self._pinning:
+            model = self._pinned.get((step, version))
+            if model is not None:
+                self._pinned.move_to_end((step, version))
+        return model
+
+    def load_pinned(self, step: str, version: str) -> LoadedModel:
+        """Kept version `version` of `step`, loaded now and held (blocking: call it from a
+        worker thread). Raises `volume.versions.UnknownVersionError` for a version the volume
+        does not keep, VolumeError for one that cannot be served."""
+        model = self.held(step, version)  # another request may have loaded it meanwhile
+        if model is not None:
+            return model
+        try:
+            model = load_model(read_kept(self.root, step, version), self._options)
+        except (VolumeError, UnknownVersionError):
+            raise
+        except OSError as e:
+            raise VolumeError(f"step {step}: cannot read version {version}: {e}") from None
+        except Exception as e:  # onnxruntime's own exception types, as in `refresh`
+            raise VolumeError(f"step {step}: cannot load version {version}: {e}") from None
+        self._remember(model)
+        log.info("step %s: loaded pinned version %s", step, version)
+        return model

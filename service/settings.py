@@ -6,15 +6,20 @@ import contextlib
 import math
 import os
 from pathlib import Path
+from typing import Annotated, Self
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+MIN_KEY_LENGTH = 16
+NEW_KEY = "python -c 'import secrets; print(secrets.token_urlsafe(32))'"
 
 
 class Settings(BaseSettings):
     """Every knob of the service; each one is an environment variable of the same name."""
 
-    model_config = SettingsConfigDict(env_file=".env", extra="ignore")
+    # Errors name the setting, never its value: an API key must not reach a log.
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", hide_input_in_errors=True)
 
     models_dir: Path = Field(
         Path("models"), description="MODELS_DIR: the model volume the trainer publishes into"
@@ -40,6 +45,25 @@ class Settings(BaseSettings):
         1, gt=0, description="INFERENCE_THREADS: onnxruntime intra-op threads per session"
     )
     log_level: str = Field("INFO", description="LOG_LEVEL: of the service's own log lines")
+    pinned_versions: int = Field(
+        8,
+        ge=0,
+        description="PINNED_VERSIONS: kept versions other than the current ones that are held "
+        "loaded for `?version=` (the least recently used is dropped; a pinned request past it "
+        "loads its version again)",
+    )
+
+    # API keys (service/auth.py): off unless a key is configured, so that a local run stays open.
+    api_keys: Annotated[tuple[SecretStr, ...], NoDecode] = Field(
+        (),
+        description="API_KEYS: comma-separated keys that prediction, explanation, lab and /v2 "
+        "routes require; none (the default): no key is asked for",
+    )
+    api_keys_file: Path | None = Field(
+        None,
+        description="API_KEYS_FILE: a file of further keys, one a line (`#` starts a comment): "
+        "a Docker or Kubernetes secret; read at start-up",
+    )
 
     # Slow, lying and too many clients (service/limits.py, service/server.py). A client that
     # holds a connection costs a file descriptor and a task for as long as it likes, so each
@@ -94,6 +118,37 @@ class Settings(BaseSettings):
     retry_after_seconds: int = Field(
         1, ge=0, description="RETRY_AFTER_SECONDS: what a 503 for overload tells clients to wait"
     )
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(key.strip() for key in value.split(",") if key.strip())
+        return value
+
+    @model_validator(mode="after")
+    def _read_keys_file(self) -> Self:
+        """Every key in `api_keys`, the file's too; each long enough to resist guessing. A
+        file that is set but unreadable stops the start: serving open by mistake is worse."""
+        keys = list(self.api_keys)
+        if self.api_keys_file is not None:
+            try:
+                lines = self.api_keys_file.read_text().splitlines()
+            except (OSError, UnicodeDecodeError) as e:
+                raise ValueError(
+                    f"API_KEYS_FILE {self.api_keys_file} cannot be read ({type(e).__name__}); "
+                    "mount the secret there, or unset API_KEYS_FILE to serve without keys"
+                ) from None
+            keys += [SecretStr(k.strip()) for k in lines if k.strip() and not k.startswith("#")]
+        for number, key in enumerate(keys, start=1):
+            secret = key.get_secret_value()
+            if len(secret) < MIN_KEY_LENGTH or not secret.isascii() or not secret.isprintable():
+                raise ValueError(
+                    f"API key number {number} is not {MIN_KEY_LENGTH} or more printable ASCII "
+                    f"characters; make one with {NEW_KEY}"
+                )
+        self.api_keys = tuple(keys)
+        return self
 
 
 CPU_MAX = Path("/sys/fs/cgroup/cpu.max")  # cgroup v2: "QUOTA PERIOD", or "max PERIOD"

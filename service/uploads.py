@@ -17,7 +17,8 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Message
 
-from service import images
+from service import images, tracing
+from service.models import LoadedModel
 from service.settings import Settings
 
 T = TypeVar("T")
@@ -200,24 +201,34 @@ async def run_on_images(
     uploads: list[tuple[str, bytes]],
     settings: Settings,
     work: Callable[[np.ndarray], T],
+    model: LoadedModel | None = None,
     inline: bool = True,
 ) -> T:
     """Decode and preprocess `uploads` into the models' input [N,1,28,28], then `work(inputs)`:
     on the event loop for small images, else both in a worker thread (decoding and
     onnxruntime release the GIL, so photos use every core). `inline=False` sends even small
     images to the thread: for work that takes milliseconds whatever the image (every step's
-    model in turn, or an explanation's batch), which would stall the loop."""
+    model in turn, or an explanation's batch), which would stall the loop. `model`: the one
+    the work runs, named by the trace's `decode and preprocess` span (service/tracing.py)."""
     max_pixels, cpu = settings.max_image_pixels, request.app.state.cpu
 
     def opened_then_work(opened: list[tuple[str, Image.Image]]) -> T:
-        return work(preprocess_all(opened, max_pixels))
+        with tracing.span("decode and preprocess", model):
+            inputs = preprocess_all(opened, max_pixels)
+        return work(inputs)
 
     def all_then_work() -> T:
-        return opened_then_work(open_uploads(uploads, max_pixels))
+        with tracing.span("decode and preprocess", model):
+            inputs = preprocess_all(open_uploads(uploads, max_pixels), max_pixels)
+        return work(inputs)
 
     if inline and sum(len(data) for _, data in uploads) <= INLINE_BYTES:
-        opened = open_uploads(uploads, max_pixels)
-        if sum(image.width * image.height for _, image in opened) <= INLINE_PIXELS:
-            return opened_then_work(opened)
+        with tracing.span("decode and preprocess", model):
+            opened = open_uploads(uploads, max_pixels)
+            small = sum(image.width * image.height for _, image in opened) <= INLINE_PIXELS
+            inputs = preprocess_all(opened, max_pixels) if small else None
+        if inputs is not None:
+            return work(inputs)
+        # Few bytes, many pixels: decoded in the pool (a second span: the header was read here).
         return await anyio.to_thread.run_sync(opened_then_work, opened, limiter=cpu)
     return await anyio.to_thread.run_sync(all_then_work, limiter=cpu)

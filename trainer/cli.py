@@ -7,12 +7,16 @@ python -m trainer run --device cuda --graphs on   # each step captured in a CUDA
 python -m trainer summary setup                   # the seed-style layer table
 python -m trainer export gap                      # re-export a kept checkpoint, no training
 python -m trainer ls                              # what the model volume holds
+python -m trainer rollback gap                    # serve gap's previous kept version again
+
+python -m trainer digit > digit.png               # a published sample test digit (a 7) as a PNG
 python -m trainer report --collect models         # reports/REPORT.md from published runs
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import os
 import platform
 import shlex
@@ -50,6 +54,14 @@ from volume import (
     read_index,
     read_version,
     resolve_step,
+)
+from volume.versions import (
+    Promotion,
+    UnknownVersionError,
+    kept_versions,
+    make_current,
+    previous_version,
+    read_kept,
 )
 
 
@@ -159,15 +171,16 @@ def load_data(args: argparse.Namespace) -> MNIST:
 
 
 def published_match(root: Path, wanted: Fingerprint) -> str | None:
-    """The published version of `wanted.step` if its run had the same recipe, code and data."""
-    entry = read_index(root).steps.get(wanted.step)
-    if entry is None:
-        return None
-    try:
-        metrics = read_version(root, wanted.step, entry).metrics
-    except VolumeError:
-        return None  # damaged: train it again
-    return None if published_differences(metrics, wanted) else entry.version
+    """A kept version of `wanted.step` whose run had the same recipe, code and data, the
+    current one first (a run kept but not made current, as it tested worse, counts too)."""
+    for kept in sorted(kept_versions(root, wanted.step), key=lambda k: not k.current):
+        try:
+            metrics = read_kept(root, wanted.step, kept.version).metrics
+        except (VolumeError, UnknownVersionError):
+            continue  # damaged or pruned: not a match
+        if not published_differences(metrics, wanted):
+            return kept.version
+    return None
 
 
 def epoch_saver(
@@ -260,13 +273,17 @@ def cmd_run(args: argparse.Namespace) -> None:
             verification={},
         )
         save_checkpoint(args.out, slug, result.best_state, {"metrics": metrics.model_dump()})
-        version = export_and_publish(args.out, slug, result.best_state, metrics, test, args.keep)
+        promotion = Promotion(args.out, slug, result.best.test_accuracy, force=args.promote)
+        version = export_and_publish(
+            args.out, slug, result.best_state, metrics, test, args.keep, promotion
+        )
         remove_state(args.out, slug)  # published: nothing left to resume
         print(
             f"published {slug} {version}: best test accuracy {result.best.test_accuracy:.2f}% "
             f"(epoch {result.best_epoch})",
             file=sys.stderr,
         )
+        print(promotion.message(version), file=sys.stderr)
 
 
 def cmd_export(args: argparse.Namespace) -> None:
@@ -275,8 +292,12 @@ def cmd_export(args: argparse.Namespace) -> None:
         ckpt = load_checkpoint(args.out, slug)
         metrics = Metrics.model_validate(ckpt["metrics"])
         test = mnist.test.head(metrics.provenance.limit)
-        version = export_and_publish(args.out, slug, ckpt["state_dict"], metrics, test, args.keep)
+        promotion = Promotion(args.out, slug, metrics.best_test_accuracy, force=args.promote)
+        version = export_and_publish(
+            args.out, slug, ckpt["state_dict"], metrics, test, args.keep, promotion
+        )
         print(f"published {slug} {version} from {ckpt['step']}'s kept checkpoint", file=sys.stderr)
+        print(promotion.message(version), file=sys.stderr)
 
 
 def cmd_summary(args: argparse.Namespace) -> None:
@@ -297,6 +318,53 @@ def cmd_ls(args: argparse.Namespace) -> None:
             f"{info.number:>2}  {info.slug:<10} {m.params:>8,} {m.best_test_accuracy:>8.2f}%  "
             f"{entry.version}"
         )
+
+
+def cmd_rollback(args: argparse.Namespace) -> None:
+    """Make a kept version of a step current: the one named, else the one before the current."""
+    slug = resolve_step(args.step)
+    version = args.version or previous_version(args.out, slug)
+    before = make_current(args.out, slug, version)
+    print(
+        f"{slug}: {version} is current (was {before}); the service follows within its POLL_SECONDS",
+        file=sys.stderr,
+    )
+
+
+def sample_digit_png(volume: Path, label: int, scale: int = 4) -> bytes:
+    """The first published sample test digit of ``label`` as a PNG, dark ink on white as on
+    paper, ``scale`` times MNIST's 28x28: a digit to try the service with, read from the model
+    volume, so it is there however the trainer got MNIST (a folder or the download)."""
+    from PIL import Image  # torchvision's dependency; only this command needs it
+
+    index = read_index(volume)
+    for slug in STEP_SLUGS:
+        entry = index.steps.get(slug)
+        samples = read_version(volume, slug, entry).samples if entry else None
+        for digit in samples.digits if samples else []:
+            if digit.label == label:
+                image = Image.frombytes("L", (28, 28), digit.grey()).point(lambda v: 255 - v)
+                buffer = io.BytesIO()
+                image.resize((28 * scale, 28 * scale), Image.Resampling.NEAREST).save(
+                    buffer, format="PNG"
+                )
+                return buffer.getvalue()
+    raise VolumeError(
+        f"no published step in {volume} holds a sample digit {label}: train a step first "
+        "(python -m trainer run), then ask again"
+    )
+
+
+def cmd_digit(args: argparse.Namespace) -> None:
+    if sys.stdout.isatty():
+        # A PNG on a terminal is noise; in Docker a terminal also mangles it (add -T).
+        raise SystemExit(
+            "error: digit writes a PNG to standard output: redirect it to a file, e.g. "
+            "`python -m trainer digit > digit.png` (with `docker compose run`, add -T)"
+        )
+    png = sample_digit_png(args.out, args.label)
+    sys.stdout.buffer.write(png)
+    sys.stdout.flush()
 
 
 def cmd_report(args: argparse.Namespace) -> None:
@@ -336,6 +404,12 @@ def build_parser() -> argparse.ArgumentParser:
             "download with torchvision into $MNIST_CACHE or ~/.cache/mnist)",
         )
         p.add_argument("--keep", type=int, default=3, help="published versions kept per step")
+        p.add_argument(
+            "--promote",
+            action="store_true",
+            help="make each new version current even where it tests worse than the version "
+            "served (without it, such a version is kept beside it, not served)",
+        )
 
     run = sub.add_parser("run", help="train steps, export and publish each")
     run.add_argument("--steps", default="all", help="all, or slugs/numbers: gap,scheduler or 6,7")
@@ -403,6 +477,25 @@ def build_parser() -> argparse.ArgumentParser:
     ls = sub.add_parser("ls", help="list what the model volume holds")
     volume_args(ls)
     ls.set_defaults(func=cmd_ls)
+
+    rollback = sub.add_parser(
+        "rollback", help="make a kept version of a step current (default: the one before)"
+    )
+    rollback.add_argument("step", help="a slug or a number")
+    rollback.add_argument(
+        "version", nargs="?", help="a kept version (GET /steps/{step} lists them)"
+    )
+    volume_args(rollback)
+    rollback.set_defaults(func=cmd_rollback)
+
+    digit = sub.add_parser(
+        "digit", help="write a published sample test digit as a PNG to standard output"
+    )
+    digit.add_argument(
+        "--label", type=int, choices=range(10), default=7, metavar="0-9", help="default: 7"
+    )
+    volume_args(digit)
+    digit.set_defaults(func=cmd_digit)
     return parser
 
 
@@ -410,7 +503,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (DataError, ExportError, VolumeError, UnknownStepError, RecipeError, ResumeError) as e:
+    except (
+        DataError, ExportError, VolumeError, UnknownStepError, UnknownVersionError, RecipeError,
+        ResumeError,
+    ) as e:  # fmt: skip
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

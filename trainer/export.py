@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -205,8 +206,10 @@ def export_and_publish(
     metrics: Metrics,
     test: Split,
     keep: int = 3,
+    make_current: bool | Callable[[], bool] = True,
 ) -> str:
-    """Build the step's model with ``state``, export, verify, publish; return the version name."""
+    """Build the step's model with ``state``, export, verify, publish; return the version name.
+    ``make_current``: as `volume.publish` takes it (a `volume.versions.Promotion`)."""
     model = get_step(step).build()
     model.load_state_dict(state)
     model.eval()
@@ -222,4 +225,5 @@ def export_and_publish(
         keep=keep,
         mistakes=record_mistakes(onnx_bytes, test, step, metrics.best_epoch),
         samples=pick_samples(test),
+        make_current=make_current,
     )

@@ -5,7 +5,7 @@ launched one at a time from Python, and an H200 sits 80 % idle or more (README, 
 Captured in a CUDA graph, a whole step (gathering and augmenting the batch from the images
 already on the GPU, forward, loss, backward, the SGD update with BatchNorm's running statistics,
 the learning rate of the schedule) is one launch. ``fit(..., cuda_graphs=True)`` uses it;
-``python -m trainer run --graphs on`` asks for it. The plain loop in trainer/train.py is the
+``python -m trainer run --graphs on`` asks for it. The plain loop (trainer/loop.py) is the
 reference, and everything here is checked against it on the CPU (tests/trainer/test_graphs.py);
 the capture itself only on a GPU (``bench/train_steps.py --compare-graphs``), which it has not
 met yet: that is why ``--graphs`` is off by default.
@@ -46,8 +46,8 @@ from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
 from trainer.data import Split, batch
+from trainer.loop import TEST_BATCH_SIZE, evaluate, make_optimizer, make_scheduler, train_one_epoch
 from trainer.steps import Recipe
-from trainer.train import TEST_BATCH_SIZE, evaluate, make_optimizer, make_scheduler, train_one_epoch
 
 WARMUP_STEPS = 3  # PyTorch's capture recipe warms a step up on a side stream before capturing it
 
@@ -325,9 +325,14 @@ class GraphTrainer:
             )
         return graphs
 
-    def train_one_epoch(self, progress: bool = True, description: str = "") -> tuple[float, float]:
+    def train_one_epoch(
+        self,
+        progress: bool = True,
+        description: str = "",
+        on_batch: Callable[[int, int], None] | None = None,
+    ) -> tuple[float, float]:
         """One pass over the training split; returns (mean loss, accuracy %), as the plain
-        loop's ``train_one_epoch`` does."""
+        loop's ``train_one_epoch`` does (``on_batch`` too)."""
         self.model.train()
         if self._train_steps is None:
             self._make_schedule()
@@ -335,7 +340,7 @@ class GraphTrainer:
         if not self._train_steps:
             return train_one_epoch(
                 self.model, self.train, self.optimizer, self.scheduler, self.recipe, progress,
-                description, self.ema,
+                description, self.ema, on_batch,
             )  # fmt: skip
         self.train_loss.zero_()
         self.train_correct.zero_()
@@ -343,10 +348,12 @@ class GraphTrainer:
         bar = tqdm(
             loop, total=self.steps_per_epoch, desc=description, disable=not progress, leave=False
         )
-        for indices in bar:
+        for done, indices in enumerate(bar, start=1):
             self._train_steps[len(indices)]()
             if self.ema is not None:
                 self.ema.update_parameters(self.model)
+            if on_batch is not None:
+                on_batch(done, self.steps_per_epoch)
         self.done += self.steps_per_epoch
         self._leave_optimizer_where_the_plain_loop_would()
         n = len(self.train)

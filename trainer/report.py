@@ -15,6 +15,7 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
+from trainer.resume import code_hashes
 from trainer.steps import get_step
 from volume import (
     METRICS_FILE,
@@ -56,6 +57,28 @@ class Run:
     def best_train(self) -> tuple[float, int]:
         best = max(self.metrics.epochs, key=lambda e: (e.train_accuracy, -e.epoch))
         return best.train_accuracy, best.epoch
+
+    @property
+    def commit(self) -> str:
+        """The commit that trained it, short, ``-dirty`` kept; ``?`` where none was recorded."""
+        commit = self.metrics.provenance.git_commit or "?"
+        return commit[:7] + ("-dirty" if commit.endswith("-dirty") else "")
+
+    @property
+    def older_code(self) -> str | None:
+        """None when this run was trained by the code main has now for its step (the hashes
+        trainer/resume.py records) from a clean tree; else why it is not main's result."""
+        recorded = self.metrics.provenance.code
+        if not recorded:
+            return f"trained at {self.commit}, before the trainer recorded its code's hashes"
+        legacy = not all(h.startswith("ast:") for h in recorded.values())
+        now = code_hashes(self.metrics.step, legacy)
+        changed = sorted(k for k in now.keys() | recorded.keys() if now.get(k) != recorded.get(k))
+        if changed:
+            return f"trained at {self.commit}; main's {', '.join(changed)} differ"
+        if self.commit.endswith("-dirty"):
+            return f"trained at {self.commit}: from uncommitted changes"
+        return None
 
     @property
     def gap(self) -> float:
@@ -278,8 +301,8 @@ def comparison_table(runs: dict[str, list[Run]]) -> list[str]:
     each seed's worst of its last 3 epochs."""
     lines = [
         "| # | step | params | epochs | best train % (epoch) | best test % (epoch) | last 3 test % "
-        "| seeds | final epoch test %, mean ± std | min of last 3, each seed |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| seeds | final epoch test %, mean ± std | min of last 3, each seed | code |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for step, step_runs in runs.items():
         run = main_run(step_runs)
@@ -293,8 +316,35 @@ def comparison_table(runs: dict[str, list[Run]]) -> list[str]:
             f"| {m.number} | `{step}` | {m.params:,} | {len(m.epochs)} | {pct(train)} ({train_epoch}) "
             f"| {pct(m.best_test_accuracy)} ({m.best_epoch}) | {' / '.join(pct(a) for a in run.last3)} "
             f"| {len(step_runs)} | {spread} "
-            f"| {' / '.join(pct(min(r.last3)) for r in step_runs)} |"
+            f"| {' / '.join(pct(min(r.last3)) for r in step_runs)} | {code_cell(step_runs)} |"
         )
+    return lines
+
+
+def code_cell(step_runs: list[Run]) -> str:
+    """``main`` where every seed is main's code's result, else which seeds are older code."""
+    older = [r for r in step_runs if r.older_code is not None]
+    if not older:
+        return "main"
+    seeds = (
+        "" if len(older) == len(step_runs) else f" (seed {', '.join(str(r.seed) for r in older)})"
+    )
+    return f"**older**{seeds}: {', '.join(sorted({r.commit for r in older}))}"
+
+
+def provenance_lines(runs: dict[str, list[Run]]) -> list[str]:
+    """Every run that main's code did not train, and why: the results above are theirs."""
+    older = [(step, r) for step, rs in runs.items() for r in rs if r.older_code is not None]
+    if not older:
+        return ["Every run above was trained by main's code for its step, from a clean tree."]
+    lines = [
+        f"{len(older)} of {sum(map(len, runs.values()))} runs above were not trained by the code "
+        "main has now for their step (the code hashes each run records, trainer/resume.py): "
+        "their figures are the older code's, not yet reproduced by main's. Re-run one with the "
+        "command in its metrics and `python -m trainer report --collect MODELS_DIR`.",
+        "",
+    ]
+    lines += [f"* `{step}` seed {r.seed}: {r.older_code}." for step, r in older]
     return lines
 
 
@@ -330,6 +380,7 @@ def render(runs: dict[str, list[Run]]) -> str:
         "in its metrics."
     )
     out += ["", "## All steps", "", *comparison_table(runs), ""]
+    out += ["### Which code trained them", "", *provenance_lines(runs), ""]
     missing = [info.slug for info in STEPS if info.slug not in runs]
     if missing:
         out += [

@@ -19,11 +19,13 @@ published version whose metrics record the same fingerprint is not trained again
 
 from __future__ import annotations
 
+import ast
 import copy
 import hashlib
 import inspect
 import io
 import random
+import textwrap
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -37,7 +39,7 @@ from volume import EpochMetrics, Metrics, atomic_write_bytes, checkpoint_path, s
 
 # The trainer's modules that decide a step's numbers and what is published of it; the step's
 # own model classes are hashed by their source (other steps' classes do not change it).
-CODE_MODULES = ("train.py", "data.py", "export.py", "summary.py", "cli.py")
+CODE_MODULES = ("train.py", "loop.py", "data.py", "export.py", "summary.py", "cli.py")
 TRAINER_DIR = Path(__file__).resolve().parent
 
 
@@ -45,17 +47,40 @@ class ResumeError(Exception):
     """A resume state that cannot be used; the message says why and what to do."""
 
 
-def code_hashes(step: str) -> dict[str, str]:
-    """File (or `steps.py:Class`) -> sha256 of its source: the code that trains `step`."""
+def code_digest(source: str) -> str:
+    """A hash of what Python runs of ``source``: its syntax tree without docstrings and without
+    a class's decorators (a step's ``@register`` holds its objective, prose). A comment or a
+    docstring mended does not make a run older code; a changed statement does."""
+    tree = ast.parse(textwrap.dedent(source))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ClassDef):
+            node.decorator_list = []
+        body = getattr(node, "body", None)
+        if (
+            isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef)
+            and body
+            and isinstance(body[0], ast.Expr)
+            and isinstance(body[0].value, ast.Constant)
+            and isinstance(body[0].value.value, str)
+        ):
+            node.body = body[1:] or [ast.Pass()]
+    return "ast:" + hashlib.sha256(ast.dump(tree).encode()).hexdigest()[:16]
 
-    def sha(text: bytes) -> str:
-        return hashlib.sha256(text).hexdigest()[:16]
 
-    hashes = {f"trainer/{name}": sha((TRAINER_DIR / name).read_bytes()) for name in CODE_MODULES}
+def code_hashes(step: str, legacy: bool = False) -> dict[str, str]:
+    """File (or `steps.py:Class`) -> the digest of its code (`code_digest`): what trains `step`.
+
+    ``legacy``: sha256 of the raw source instead, as runs recorded before 2026-12-05 did (every
+    comment counted), so that those runs can still be compared with the code as it is."""
+
+    def digest(source: str) -> str:
+        return hashlib.sha256(source.encode()).hexdigest()[:16] if legacy else code_digest(source)
+
+    hashes = {f"trainer/{name}": digest((TRAINER_DIR / name).read_text()) for name in CODE_MODULES}
     model = get_step(step).build
     for cls in inspect.getmro(model) if isinstance(model, type) else ():
         if cls.__module__ == "trainer.steps":
-            hashes[f"trainer/steps.py:{cls.__name__}"] = sha(inspect.getsource(cls).encode())
+            hashes[f"trainer/steps.py:{cls.__name__}"] = digest(inspect.getsource(cls))
     return hashes
 
 

@@ -1,135 +1,33 @@
-"""The training loop: ``train_one_epoch()``, ``evaluate()``, and ``fit()`` keeping the best."""
+"""``fit()``: a step's training, epoch after epoch, keeping the best (the blocks are in
+trainer/loop.py, the CUDA-graph path in trainer/graphs.py)."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import torch
-import torch.nn.functional as F
 from torch import nn
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
-from trainer.data import Split, batches
+from trainer.data import Split
+from trainer.graphs import graph_trainer
+from trainer.loop import evaluate, make_ema, make_optimizer, make_scheduler, train_one_epoch
 from trainer.resume import restore, snapshot
 from trainer.steps import Recipe
 from volume import EpochMetrics
 
-TEST_BATCH_SIZE = 1000  # the test pass's batch: no gradients, so as large as is convenient
 
+class Watch(Protocol):
+    """What ``fit()`` tells as it goes (trainer/progress.py writes it to the volume)."""
 
-def make_optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
-    if recipe.optimizer == "adam":
-        return torch.optim.Adam(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
-    return torch.optim.SGD(
-        model.parameters(),
-        lr=recipe.lr,
-        momentum=recipe.momentum,
-        nesterov=recipe.nesterov,
-        weight_decay=recipe.weight_decay,
-    )
+    def epoch_started(self, epoch: int, history: list[EpochMetrics]) -> None: ...
 
+    def batch(self, done: int, total: int) -> None: ...
 
-def make_scheduler(
-    optimizer: torch.optim.Optimizer, recipe: Recipe, steps_per_epoch: int
-) -> torch.optim.lr_scheduler.LRScheduler | None:
-    """OneCycle steps every batch; StepLR every epoch; "constant" has none."""
-    if recipe.schedule == "onecycle":
-        # OneCycleLR divides by the warm-up's length less one step, so a warm-up of exactly
-        # one step (10 batches in all at pct_start 0.1: a smoke test on a subset) would divide
-        # by zero; warm up for half a step instead, as every shorter run does.
-        steps = recipe.epochs * steps_per_epoch
-        pct_start = recipe.pct_start if recipe.pct_start * steps != 1 else 0.5 / steps
-        return torch.optim.lr_scheduler.OneCycleLR(
-            optimizer,
-            max_lr=recipe.lr,
-            epochs=recipe.epochs,
-            steps_per_epoch=steps_per_epoch,
-            pct_start=pct_start,
-            div_factor=recipe.div_factor,
-            final_div_factor=recipe.final_div_factor,
-        )
-    if recipe.schedule == "step":
-        return torch.optim.lr_scheduler.StepLR(optimizer, recipe.step_size, recipe.gamma)
-    if recipe.schedule != "constant":
-        raise ValueError(f"unknown schedule {recipe.schedule!r}")
-    return None
-
-
-def make_ema(model: nn.Module, recipe: Recipe) -> AveragedModel | None:
-    """The exponential moving average of ``model``'s weights and BatchNorm statistics that
-    ``recipe.ema`` asks for (torch's own ``AveragedModel``), or None.
-
-    Its decay warms up as timm's ModelEmaV3 does, (1 + n) / (10 + n) after n updates until it
-    reaches ``recipe.ema``: a constant 0.999 would keep a third of the first weights after a
-    thousand steps, and a short run's average would be its random start."""
-    if not recipe.ema:
-        return None
-
-    Tensors = tuple[torch.Tensor, ...] | list[torch.Tensor]
-
-    def update(averaged: Tensors, current: Tensors, n: torch.Tensor | int) -> None:
-        done = int(n)  # AveragedModel's count of updates so far
-        get_ema_multi_avg_fn(min(recipe.ema, (1 + done) / (10 + done)))(averaged, current, n)
-
-    return AveragedModel(model, multi_avg_fn=update, use_buffers=True)
-
-
-def train_one_epoch(
-    model: nn.Module,
-    data: Split,
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler | None,
-    recipe: Recipe,
-    progress: bool = True,
-    description: str = "",
-    ema: AveragedModel | None = None,
-) -> tuple[float, float]:
-    """One pass over ``data``; returns (mean loss, accuracy %) on the augmented batches.
-    ``ema``, if given, is updated after every optimizer step."""
-    model.train()
-    loss_sum = torch.zeros((), device=data.labels.device)
-    correct = torch.zeros((), dtype=torch.long, device=data.labels.device)
-    per_batch = recipe.schedule == "onecycle"
-    steps = -(-len(data) // recipe.batch_size)
-    loop = batches(data, recipe.batch_size, True, recipe.rotation, recipe.translate)
-    bar = tqdm(loop, total=steps, desc=description, disable=not progress, leave=False)
-    for x, y in bar:
-        optimizer.zero_grad(set_to_none=True)
-        output = model(x)
-        # The models return log-probabilities, and log_softmax of those is themselves, so
-        # cross_entropy here is the course's nll_loss, with optional label smoothing.
-        loss = F.cross_entropy(output, y, label_smoothing=recipe.label_smoothing)
-        loss.backward()
-        optimizer.step()
-        if ema is not None:
-            ema.update_parameters(model)
-        if scheduler is not None and per_batch:
-            scheduler.step()
-        # Accumulate on the device; a .item() per batch would sync the GPU every step.
-        loss_sum += loss.detach() * len(y)
-        correct += (output.argmax(1) == y).sum()
-    if scheduler is not None and not per_batch:
-        scheduler.step()
-    return loss_sum.item() / len(data), 100.0 * correct.item() / len(data)
-
-
-@torch.no_grad()
-def evaluate(
-    model: nn.Module, data: Split, batch_size: int = TEST_BATCH_SIZE
-) -> tuple[float, float]:
-    """(mean loss, accuracy %) of ``model`` on ``data``, in eval mode."""
-    model.eval()
-    loss_sum = torch.zeros((), device=data.labels.device)
-    correct = torch.zeros((), dtype=torch.long, device=data.labels.device)
-    for x, y in batches(data, batch_size, shuffle=False):
-        output = model(x)
-        loss_sum += F.nll_loss(output, y, reduction="sum")
-        correct += (output.argmax(1) == y).sum()
-    return loss_sum.item() / len(data), 100.0 * correct.item() / len(data)
+    def epoch_ended(self, history: list[EpochMetrics]) -> None: ...
 
 
 @dataclass
@@ -155,6 +53,7 @@ def fit(
     resume: dict[str, Any] | None = None,
     save: Callable[[dict[str, Any]], None] | None = None,
     cuda_graphs: bool = False,
+    watch: Watch | None = None,
 ) -> FitResult:
     """Train for ``recipe.epochs`` epochs, testing after each; keep the best by test accuracy.
 
@@ -164,7 +63,8 @@ def fit(
     ``cuda_graphs`` each training and test step is captured once and replayed (on CUDA, for
     SGD recipes; otherwise one line says why and this loop runs as it is). Under
     ``recipe.ema`` the average is what is tested and kept; the log line adds the raw weights'
-    test accuracy, to show what the average adds.
+    test accuracy, to show what the average adds. ``watch``, if given, hears of each epoch's
+    start and end and of every training batch.
     """
     optimizer = make_optimizer(model, recipe)
     steps_per_epoch = -(-len(train) // recipe.batch_size)
@@ -177,19 +77,20 @@ def fit(
         history, best_epoch, best_state = restore(resume, model, optimizer, scheduler, ema)
     graphed = None
     if cuda_graphs:  # after restoring: the graph takes over the optimizer's buffers and step
-        from trainer.graphs import graph_trainer  # it builds on this module
-
         graphed = graph_trainer(model, train, test, recipe, optimizer, scheduler, name, log, ema)
     for epoch in range(len(history) + 1, recipe.epochs + 1):
         start = time.perf_counter()
         desc = f"{name} {epoch}/{recipe.epochs}"
+        on_batch = watch.batch if watch is not None else None
+        if watch is not None:
+            watch.epoch_started(epoch, history)
         if graphed is None:
             train_loss, train_acc = train_one_epoch(
-                model, train, optimizer, scheduler, recipe, progress, desc, ema
+                model, train, optimizer, scheduler, recipe, progress, desc, ema, on_batch
             )
             test_loss, test_acc = evaluate(tested, test)
         else:
-            train_loss, train_acc = graphed.train_one_epoch(progress, desc)
+            train_loss, train_acc = graphed.train_one_epoch(progress, desc, on_batch)
             test_loss, test_acc = graphed.evaluate()
         seconds = time.perf_counter() - start
         lr = optimizer.param_groups[0]["lr"]
@@ -216,4 +117,6 @@ def fit(
                 f"test loss {test_loss:.4f} acc {test_acc:.2f}%{raw} | lr {lr:.5f} | "
                 f"{seconds:.1f}s"
             )
+        if watch is not None:
+            watch.epoch_ended(history)
     return FitResult(history, best_epoch, best_state, graphed is not None and graphed.graphed)

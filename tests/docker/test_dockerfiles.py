@@ -177,7 +177,15 @@ def test_dockerignore_keeps_everything_the_dockerfiles_copy() -> None:
 
 
 @pytest.mark.parametrize(
-    "script", [ROOT / "tests/docker/e2e.sh", DOCKER_DIR / "build-base.sh"], ids=lambda p: p.name
+    "script",
+    [
+        ROOT / "tests/docker/e2e.sh",
+        ROOT / "tests/docker/replicas.sh",
+        DOCKER_DIR / "build-base.sh",
+        DOCKER_DIR / "build-images.sh",
+        DOCKER_DIR / "build-nginx.sh",
+    ],
+    ids=lambda p: p.name,
 )
 def test_scripts_parse(script: Path) -> None:
     result = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)

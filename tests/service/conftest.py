@@ -161,6 +161,17 @@ def client(models_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[TestCl
     yield from start_client(models_dir, monkeypatch)
 
 
+# Two API keys, as API_KEYS would hold them (tests/service/test_auth.py).
+KEYS = ("test-key-0123456789abcdef", "other-key-fedcba9876543210")
+
+
+@pytest.fixture
+def keyed_client(models_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[TestClient]:
+    """The real app on the fixture volume with API keys on: KEYS."""
+    monkeypatch.setenv("API_KEYS", ",".join(KEYS))
+    yield from start_client(models_dir, monkeypatch)
+
+
 @pytest.fixture
 def empty_client(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[TestClient]:
     """The real app on a volume the trainer has not published anything into yet."""

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 import volume
+import volume.versions
 from service.models import ModelRegistry, session_options
 from tests.service.conftest import TRAINED, gemm_model, publish, random_model
 
@@ -44,7 +45,7 @@ def test_sessions_do_not_each_pin_a_thread_per_core() -> None:
 
 
 def test_a_swap_keeps_the_old_model_working_until_released(models_dir: Path) -> None:
-    registry = ModelRegistry(models_dir)
+    registry = ModelRegistry(models_dir, pinned=0)  # none held for `?version=`
     registry.refresh()
     old = registry.models["gap"]
     new_version = publish(models_dir, "gap", random_model(7))
@@ -167,3 +168,47 @@ def test_a_bad_first_version_is_never_served(tmp_path: Path) -> None:
     assert "gap" not in registry.models
     version = publish(root, "gap", random_model())  # the trainer republishes
     assert registry.refresh() == ["gap"] and registry.models["gap"].version == version
+
+
+# --- pinned versions (`?version=`) --------------------------------------------------------
+
+
+def test_pinned_versions_load_on_demand_and_are_bounded(models_dir: Path) -> None:
+    (first,) = volume.list_versions(models_dir, "gap")
+    others = [publish(models_dir, "gap", random_model(20 + i)) for i in range(2)]
+    registry = ModelRegistry(models_dir, pinned=1)
+    registry.refresh()
+    assert registry.held("gap", others[1]) is registry.models["gap"]  # the current one
+    assert registry.held("gap", first) is None  # not loaded until asked for
+    pinned = registry.load_pinned("gap", first)
+    assert (pinned.step, pinned.version) == ("gap", first)
+    assert registry.held("gap", first) is pinned
+    assert not np.array_equal(pinned.predict(BATCH), registry.models["gap"].predict(BATCH))
+    registry.load_pinned("gap", others[0])  # one is held: the least recently used goes
+    assert registry.held("gap", first) is None and registry.held("gap", others[0]) is not None
+    with pytest.raises(volume.versions.UnknownVersionError, match=first):
+        registry.load_pinned("gap", "20260101T000000.000000Z-00000000")
+
+
+def test_a_version_left_by_a_swap_is_held_until_pruned(models_dir: Path) -> None:
+    registry = ModelRegistry(models_dir, pinned=4)
+    registry.refresh()
+    old = registry.models["gap"]
+    publish(models_dir, "gap", random_model(30))
+    registry.refresh()
+    assert registry.held("gap", old.version) is old  # a rollback's clients wait for nothing
+    for seed in (31, 32):  # keep=3: `old` is pruned by the second
+        publish(models_dir, "gap", random_model(seed))
+    registry.refresh()
+    assert old.version not in volume.list_versions(models_dir, "gap")
+    assert registry.held("gap", old.version) is None
+
+
+def test_a_corrupt_kept_version_is_refused(models_dir: Path) -> None:
+    (first,) = volume.list_versions(models_dir, "gap")
+    publish(models_dir, "gap", random_model(40))
+    (models_dir / "gap" / first / volume.MODEL_FILE).write_bytes(b"not the model")
+    registry = ModelRegistry(models_dir)
+    registry.refresh()
+    with pytest.raises(volume.VolumeError, match="does not match its version's name"):
+        registry.load_pinned("gap", first)

@@ -91,8 +91,8 @@ GETS = [
     ("/v2/models/0/ready", 404, f"a number 1-{len(STEPS)}"),
     ("/v2/models/lighter", 503, "python -m trainer run --steps lighter"),
     ("/v2/models/lighter/ready", 400, "not ready: step 'lighter' is not trained yet"),
-    ("/v2/models/gap/versions/nope", 404, "'gap' has no version 'nope'"),
-    ("/v2/models/gap/versions/nope/ready", 404, "has no version"),
+    ("/v2/models/gap/versions/nope", 404, "'gap' has no kept version 'nope'; the volume keeps"),
+    ("/v2/models/gap/versions/nope/ready", 404, "has no kept version"),
 ]
 
 
@@ -124,18 +124,22 @@ def test_metadata_names_the_current_version_which_answers(client: TestClient) ->
     assert (answer.json()["model_name"], answer.json()["model_version"]) == ("gap", version)
 
 
-def test_a_version_no_longer_current_is_unavailable(client: TestClient, models_dir: Path) -> None:
-    """Published but not loaded: 503 (Triton's answer for a version it has but does not serve)."""
+def test_a_version_no_longer_current_answers_from_the_volume(
+    client: TestClient, models_dir: Path
+) -> None:
+    """Every kept version is served side by side, as Triton serves numbered versions."""
     (old,) = client.get("/v2/models/gap").json()["versions"]
+    before = infer(client, "/v2/models/gap/infer", {"inputs": [FLAT]}).json()["outputs"]
     new = publish(models_dir, "gap", random_model(5))
     client.app.state.models.refresh()  # type: ignore[attr-defined]
-    assert client.get("/v2/models/gap").json()["versions"] == [new]
+    assert client.get("/v2/models/gap").json()["versions"] == [old, new]
     answer = infer(client, f"/v2/models/gap/versions/{old}/infer", {"inputs": [FLAT]})
-    assert answer.status_code == 503
-    assert f"only the current version, {new!r}, is served" in answer.json()["error"]
-    assert client.get(f"/v2/models/gap/versions/{old}").status_code == 503
-    ready = client.get(f"/v2/models/gap/versions/{old}/ready")
-    assert ready.status_code == 400 and "not ready" in ready.json()["error"]
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["model_version"] == old and answer.json()["outputs"] == before
+    current = infer(client, "/v2/models/gap/infer", {"inputs": [FLAT]}).json()
+    assert current["model_version"] == new and current["outputs"] != before
+    assert client.get(f"/v2/models/gap/versions/{old}").json()["versions"] == [old, new]
+    assert client.get(f"/v2/models/gap/versions/{old}/ready").json()["ready"] is True
 
 
 def test_an_empty_volume_is_live_not_ready(empty_client: TestClient) -> None:
@@ -477,7 +481,7 @@ def test_tritonclient_defaults_versions_and_compression(
     server: tuple[httpx.Client, Any, Path],
 ) -> None:
     """With no outputs named, tritonclient asks for binary output; a version that was current
-    becomes unavailable after a swap; a gzip body is read."""
+    is still served by its number after a swap; a gzip body is read."""
     _, triton, models_dir = server
     batch = tensor(5, seed=4)
     tensor_in = tritonclient_http.InferInput("image", list(batch.shape), "FP32")
@@ -491,10 +495,16 @@ def test_tritonclient_defaults_versions_and_compression(
 
     (old,) = triton.get_model_metadata("dropout")["versions"]
     new = publish(models_dir, "dropout", random_model(9))
-    wait_for(lambda: triton.get_model_metadata("dropout")["versions"] == [new], "the new one")
-    assert not triton.is_model_ready("dropout", model_version=old)
-    with pytest.raises(InferenceServerException) as stale:
-        triton.infer("dropout", [tensor_in], model_version=old)
-    assert stale.value.status() == "503" and "only the current version" in stale.value.message()
+    wait_for(
+        lambda: triton.infer("dropout", [tensor_in]).get_response()["model_version"] == new,
+        "the new one",
+    )
+    assert triton.get_model_metadata("dropout")["versions"] == [old, new]
+    assert triton.is_model_ready("dropout", model_version=old)
+    pinned = triton.infer("dropout", [tensor_in], model_version=old).as_numpy("probabilities")
+    assert np.array_equal(pinned, first)
+    with pytest.raises(InferenceServerException) as unknown:
+        triton.infer("dropout", [tensor_in], model_version="20260101T000000.000000Z-00000000")
+    assert unknown.value.status() == "404" and old in unknown.value.message()
     swapped = triton.infer("dropout", [tensor_in], model_version=new).as_numpy("probabilities")
     assert not np.array_equal(swapped, first)

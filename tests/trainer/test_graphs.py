@@ -21,15 +21,9 @@ from trainer import graphs
 from trainer.cli import use_cuda_graphs
 from trainer.data import MNIST, Split, batch, batches, read_mnist_folder
 from trainer.graphs import GraphTrainer, StaticBatches, schedule_table, sgd_update, why_not
+from trainer.loop import evaluate, make_ema, make_optimizer, make_scheduler, train_one_epoch
 from trainer.steps import PLAIN, Recipe, all_steps, get_step
-from trainer.train import (
-    evaluate,
-    fit,
-    make_ema,
-    make_optimizer,
-    make_scheduler,
-    train_one_epoch,
-)
+from trainer.train import fit
 
 FINAL = get_step("scheduler").recipe  # OneCycle, Nesterov, batch 32, augmentation, weight average
 

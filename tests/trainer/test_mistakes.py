@@ -14,8 +14,9 @@ import torch
 from tests.volume_fixtures import fake_metrics
 from trainer import export
 from trainer.data import MNIST, Split, normalize, read_mnist_folder
+from trainer.loop import evaluate
 from trainer.steps import get_step
-from trainer.train import evaluate, fit
+from trainer.train import fit
 from volume import MAX_MISTAKES, read_current
 
 

@@ -12,6 +12,7 @@ from matplotlib.text import Text
 from tests.conftest import ROOT
 from tests.volume_fixtures import fake_metrics, fake_summary
 from trainer import report
+from trainer.resume import code_digest, code_hashes
 from volume import EpochMetrics, publish
 
 
@@ -103,9 +104,9 @@ def test_every_number_in_the_readme_table_is_the_metrics() -> None:
 
 
 def tried_rows() -> list[list[str]]:
-    """The rows of the README's "What got it there" table that name their metrics folder."""
-    readme = (ROOT / "README.md").read_text()
-    section = readme.split("### What got it there")[1].split("\n### ")[0]
+    """The rows of the "What got it there" table (docs/steps.md) that name their metrics folder."""
+    page = (ROOT / "docs" / "steps.md").read_text()
+    section = page.split("## What got it there")[1].split("\n## ")[0]
     cells = [[c.strip() for c in line.strip("|").split("|")] for line in section.splitlines()]
     return [row for row in cells if len(row) == 10 and row[-1].startswith("`reports/")]
 
@@ -202,3 +203,61 @@ def test_the_accuracy_plot_labels_never_overlap_and_mark_the_assignment() -> Non
 )  # fmt: skip
 def test_the_recipe_line_names_the_regularisers_a_recipe_uses(recipe: dict, line: str) -> None:
     assert report.recipe_line(recipe) == line
+
+
+def run_trained_by(code: dict[str, str] | None, commit: str | None) -> report.Run:
+    metrics = fake_metrics("gap")
+    provenance = metrics.provenance.model_copy(update={"code": code, "git_commit": commit})
+    return report.Run(1, metrics.model_copy(update={"provenance": provenance}), fake_summary("gap"))
+
+
+MAINS = code_hashes("gap")
+CLEAN = "0123456789abcdef0123456789abcdef01234567"
+
+
+@pytest.mark.parametrize(
+    ("code", "commit", "label"),
+    [
+        (MAINS, CLEAN, None),
+        (MAINS, CLEAN + "-dirty", "trained at 0123456-dirty: from uncommitted changes"),
+        (MAINS | {"trainer/train.py": "ast:0000000000000000"}, CLEAN,
+         "trained at 0123456; main's trainer/train.py differ"),
+        ({k: v for k, v in MAINS.items() if k != "trainer/steps.py:GapNet"}, CLEAN,
+         "trained at 0123456; main's trainer/steps.py:GapNet differ"),
+        (None, CLEAN, "trained at 0123456, before the trainer recorded its code's hashes"),
+        (None, None, "trained at ?, before the trainer recorded its code's hashes"),
+        # Recorded before the syntax-tree digest: compared with the raw source's sha256.
+        (code_hashes("gap", legacy=True), CLEAN, None),
+    ],
+)  # fmt: skip
+def test_a_run_is_mains_only_when_main_has_its_code(
+    code: dict[str, str] | None, commit: str | None, label: str | None
+) -> None:
+    assert run_trained_by(code, commit).older_code == label
+
+
+def test_comments_and_docstrings_are_not_code() -> None:
+    source = 'def f(x):\n    """Doubles."""\n    return 2 * x  # twice\n'
+    assert code_digest(source) == code_digest("def f(x):\n    return 2 * x\n")
+    assert code_digest(source) != code_digest("def f(x):\n    return 3 * x\n")
+
+
+@pytest.mark.skipif(not (COMMITTED / "REPORT.md").exists(), reason="no committed report yet")
+def test_every_committed_run_is_mains_or_labelled_older() -> None:
+    """A result trained by other code than main's, or from a dirty tree, is named as such in
+    the report and in the README's table: change the code a run depends on and this fails
+    until the report is regenerated (or the step trained again)."""
+    text = (COMMITTED / "REPORT.md").read_text()
+    readme = (ROOT / "README.md").read_text()
+    table = readme.split("<!-- results:start -->")[1].split("<!-- results:end -->")[0]
+    for step, step_runs in report.load_runs(COMMITTED / "runs").items():
+        for run in step_runs:
+            if run.older_code is None:
+                continue
+            assert f"* `{step}` seed {run.seed}: {run.older_code}." in text, (step, run.seed)
+            row = next(
+                line
+                for line in table.splitlines()
+                if line.startswith(f"| {run.metrics.number} | `{step}`")
+            )
+            assert "**older**" in row and run.commit in row, row

@@ -15,8 +15,9 @@ import torch
 from tests.conftest import ROOT
 from trainer.cli import parse_overrides, step_at_index
 from trainer.data import read_mnist_folder
+from trainer.loop import evaluate, make_ema, make_optimizer, make_scheduler
 from trainer.steps import get_step
-from trainer.train import evaluate, fit, make_ema, make_optimizer, make_scheduler
+from trainer.train import fit
 from volume import STEP_SLUGS, read_index, read_version
 
 
