@@ -4,14 +4,13 @@
 // changes on GET /progress/stream (Server-Sent Events, service/live.py). When it serves a newly
 // published version, `onPublished` (lab.js) brings in the step's answer card and answers the
 // current input again, without reloading the page.
-//
-// The stream is the browser's EventSource: it reconnects by itself when the service restarts,
-// and every (re)connection starts with a snapshot of the whole state, so nothing is missed.
 import { $, el, getJSON } from "./api.js";
+import { fetchWithKey } from "./auth.js";
 
 // One colour per step (by number), at least 3:1 on white; test solid, train dashed.
 const PALETTE = ["#7c3aed", "#b45309", "#0f766e", "#1f4fd1", "#be185d", "#4d7c0f", "#c2410c", "#334155"];
-const RECONNECT_MS = 15_000; // after a refusal (MAX_STREAMS): the browser does not retry those itself
+const RETRY_MS = 2_000; // before connecting again to a stream that ended
+const RECONNECT_MS = 15_000; // after a refusal (MAX_STREAMS, a missing key)
 const STATES = {
   training: "training",
   published: "published",
@@ -193,43 +192,76 @@ function show(snapshot) {
   }
 }
 
-function counted(handler) {
-  return (event) => {
-    page.liveEvents = String(Number(page.liveEvents || 0) + 1);
-    handler(JSON.parse(event.data));
-  };
+const handlers = {
+  snapshot: show,
+  progress(step) {
+    live.steps.set(step.step, step);
+    render();
+  },
+  cleared({ step }) {
+    live.steps.delete(step);
+    render();
+  },
+  published({ step, version }) {
+    live.serving[step] = version;
+    published([step]);
+  },
+  closing() {}, // the service is stopping: the stream ends, and the page reconnects
+};
+
+// Server-Sent Events from a response body as they arrive: `handle(kind, data)` for each event
+// with data (comments and the retry hint carry none).
+async function readEvents(body, handle) {
+  const reader = body.pipeThrough(new TextDecoderStream()).getReader();
+  let buffer = "";
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) return;
+    buffer += value;
+    for (let end = buffer.indexOf("\n\n"); end >= 0; end = buffer.indexOf("\n\n")) {
+      const block = buffer.slice(0, end);
+      buffer = buffer.slice(end + 2);
+      let kind = "message";
+      const data = [];
+      for (const line of block.split("\n")) {
+        if (line.startsWith("event:")) kind = line.slice(6).trim();
+        else if (line.startsWith("data:")) data.push(line.slice(5).replace(/^ /, ""));
+      }
+      if (data.length) handle(kind, data.join("\n"));
+    }
+  }
 }
 
-function connect() {
-  const source = new EventSource("/progress/stream");
-  source.addEventListener("open", () => (page.live = "connected"));
-  source.addEventListener("snapshot", counted(show));
-  source.addEventListener(
-    "progress",
-    counted((step) => {
-      live.steps.set(step.step, step);
-      render();
-    }),
-  );
-  source.addEventListener(
-    "cleared",
-    counted(({ step }) => {
-      live.steps.delete(step);
-      render();
-    }),
-  );
-  source.addEventListener(
-    "published",
-    counted(({ step, version }) => {
-      live.serving[step] = version;
-      published([step]);
-    }),
-  );
-  source.addEventListener("error", () => {
+// The stream, read through fetch rather than EventSource, which cannot send the API key's
+// header (auth.js). Whenever it ends (the service restarting, a proxy's timeout) the page
+// connects again, RETRY_MS later, or RECONNECT_MS after a refusal; each connection begins with
+// a snapshot, so nothing is missed.
+async function follow() {
+  const leaving = new AbortController();
+  window.addEventListener("pagehide", () => leaving.abort(), { once: true });
+  while (!leaving.signal.aborted) {
+    let wait = RETRY_MS;
+    try {
+      const response = await fetchWithKey("/progress/stream", {
+        headers: { accept: "text/event-stream" },
+        signal: leaving.signal,
+      });
+      if (response.ok) {
+        page.live = "connected";
+        await readEvents(response.body, (kind, data) => {
+          page.liveEvents = String(Number(page.liveEvents || 0) + 1);
+          handlers[kind]?.(JSON.parse(data));
+        });
+      } else {
+        wait = RECONNECT_MS; // MAX_STREAMS reached, or no key: not at once again
+        await response.body?.cancel();
+      }
+    } catch {
+      // the connection broke (or the page is leaving): as for an end
+    }
     page.live = "reconnecting";
-    if (source.readyState === EventSource.CLOSED) setTimeout(connect, RECONNECT_MS); // refused
-  });
-  window.addEventListener("pagehide", () => source.close(), { once: true });
+    await new Promise((resolve) => setTimeout(resolve, wait));
+  }
 }
 
 // Show the training as it stands, then follow it. `onPublished()` rebuilds the answer cards
@@ -241,5 +273,5 @@ export async function startLive(onPublished) {
   } catch {
     return; // no live view from this service; the rest of the page works without it
   }
-  connect();
+  follow();
 }
