@@ -80,6 +80,22 @@ class ErrorDetail(BaseModel):
     detail: str = Field(examples=["unknown step 'x': use one of setup, ..., or 'best'"])
 
 
+class ParameterErrors(BaseModel):
+    """FastAPI's own 422, for a query parameter outside its declared range."""
+
+    detail: list[dict[str, Any]] = Field(
+        examples=[
+            [
+                {
+                    "loc": ["query", "channels"],
+                    "msg": "Input should be greater than or equal to 1",
+                    "type": "greater_than_equal",
+                }
+            ]
+        ]
+    )
+
+
 def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI entries for the error answers a route can give."""
     meaning = {

@@ -27,6 +27,7 @@ import numpy as np
 import onnxruntime as ort
 
 from service.inside import InsideModel
+from service.sessions import session_options
 from volume import (
     IMAGE_SIZE,
     INDEX_FILE,
@@ -65,20 +66,6 @@ class LoadedModel:
         """Probabilities [N,10] for normalised images [N,1,28,28]; thread-safe."""
         probabilities: np.ndarray = self.session.run([OUTPUT_NAME], {INPUT_NAME: batch})[0]
         return probabilities
-
-
-def session_options(threads: int) -> ort.SessionOptions:
-    """Settings shared by every session: the service runs one a step (eight) side by side."""
-    options = ort.SessionOptions()
-    # By default each session starts one intra-op thread per core; eight sessions would put
-    # eight threads on every core. These models are tiny, so `threads` (1 by default) per run
-    # is enough, and concurrent requests use the other cores.
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    # Idle pool threads would otherwise spin waiting for work, each burning a core.
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return options
 
 
 def load_model(published: PublishedVersion, options: ort.SessionOptions) -> LoadedModel:

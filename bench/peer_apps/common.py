@@ -1,6 +1,6 @@
 """What every framework peer of `bench/peers.py` shares with the service, so only the framework
 differs: our preprocessing (`service.images.preprocess`, imported from the work tree) and our
-onnxruntime session settings (`service.models.session_options`: one intra-op thread, no
+onnxruntime session settings (`service.sessions.session_options`: one intra-op thread, no
 spinning), on the same `model.onnx`. Each peer answers `{"digit": D, "probabilities": [...]}`.
 """
 
@@ -12,7 +12,7 @@ import numpy as np
 import onnxruntime as ort
 
 from service.images import preprocess
-from service.models import session_options
+from service.sessions import session_options
 from volume import INPUT_NAME
 
 MODEL_PATH = os.environ.get("MODEL_PATH", "model.onnx")

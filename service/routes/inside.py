@@ -13,13 +13,22 @@ from fastapi import APIRouter, HTTPException, Query, Request, status
 from pydantic import BaseModel, Field
 
 from service import inside
-from service.common import ModelsDep, StepName, errors, get_models, get_settings, loaded
+from service.common import (
+    ErrorDetail,
+    ModelsDep,
+    ParameterErrors,
+    StepName,
+    errors,
+    get_models,
+    get_settings,
+    loaded,
+)
 from service.models import LoadedModel
 from service.routes.lab import ONE_IMAGE_BODY, read_one_image, seen
 from service.routes.predict import Prediction, answers
 from service.telemetry import STEP_PREDICTIONS
 from service.uploads import run_on_images
-from volume import STEPS, STEPS_BY_SLUG, encode_pixels
+from volume import STEP_NAME_PATTERN, STEPS, STEPS_BY_SLUG, encode_pixels
 
 router = APIRouter()
 
@@ -46,7 +55,15 @@ def with_inside(model: LoadedModel) -> inside.InsideModel:
 
 @router.post(
     "/inside/{step}",
-    responses=errors(400, 404, 413, 415, 422, 503),
+    responses={
+        **errors(400, 413, 415, 503),
+        404: {"model": ErrorDetail, "description": "unknown step, or no `layer` of that name"},
+        422: {
+            "model": ErrorDetail | ParameterErrors,
+            "description": "no image, or bytes that do not decode as an image, or no digit in "
+            "it; or `channels` out of its range (FastAPI's list of parameter errors)",
+        },
+    },
     openapi_extra={"requestBody": ONE_IMAGE_BODY},
 )
 async def look_inside(
@@ -63,7 +80,11 @@ async def look_inside(
     ] = inside.DEFAULT_CHANNELS,
     layer: Annotated[
         str | None,
-        Query(description="only this layer of the table (its tiles even for Dropout)"),
+        Query(
+            description="only this layer of the table, by name (its tiles even for Dropout)",
+            examples=["Conv2d-1"],
+            json_schema_extra={"pattern": "^[A-Za-z0-9]+-[0-9]+$"},
+        ),
     ] = None,
 ) -> InsideAnswer:
     """Every layer's output for one image, in the order of the step's layer table, as
@@ -74,7 +95,7 @@ async def look_inside(
     names = [x.row.name for x in view.layers]
     if layer is not None and layer not in names:
         raise HTTPException(
-            status.HTTP_422_UNPROCESSABLE_CONTENT,
+            status.HTTP_404_NOT_FOUND,
             f"step {model.step!r} has no layer {layer!r}: use one of {', '.join(names)}",
         )
     uploads = await read_one_image(request)
@@ -104,7 +125,16 @@ def weights(step: StepName, models: ModelsDep) -> inside.StepWeights:
     return inside.weight_stats(with_inside(model), model.step, model.version)
 
 
-@router.get("/inside/{step}/diff", responses=errors(404, 422, 503))
+@router.get(
+    "/inside/{step}/diff",
+    responses={
+        **errors(503),
+        404: {
+            "model": ErrorDetail,
+            "description": "unknown step, or the first step compared with the one before it",
+        },
+    },
+)
 def diff(
     step: StepName,
     models: ModelsDep,
@@ -114,6 +144,7 @@ def diff(
             description="the step to compare with (slug, number or `best`); default: the step "
             "before this one",
             examples=["lighter"],
+            json_schema_extra={"pattern": STEP_NAME_PATTERN},
         ),
     ] = None,
 ) -> inside.StepDiff:
@@ -125,7 +156,7 @@ def diff(
         number = STEPS_BY_SLUG[after.step].number
         if number == 1:
             raise HTTPException(
-                status.HTTP_422_UNPROCESSABLE_CONTENT,
+                status.HTTP_404_NOT_FOUND,
                 f"{after.step} is the first step: name the step to compare it with in "
                 f"?before=, e.g. ?before={STEPS[1].slug}",
             )

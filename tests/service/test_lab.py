@@ -235,7 +235,7 @@ def test_explain_names_steps_as_predict_does(client: TestClient, step: str) -> N
 
 # --- Bad input: the same 4xx as /predict/{step}, on every route that takes an upload -------
 
-UPLOAD_ROUTES = ("/explain/{step}", "/predict/all")
+UPLOAD_ROUTES = ("/explain/{step}", "/inside/{step}", "/predict/all")
 # Where a one-image route answers differently from /predict/{step}, which takes a batch.
 ONE_IMAGE = {"one bad file in a batch": (422, "takes one image and this request has 2")}
 
@@ -268,7 +268,7 @@ def test_no_bytes_make_a_500(client: TestClient, data: bytes, cut: int, flip: in
     broken = bytearray(NOISE[:cut] + data)
     if broken:
         broken[cut % len(broken)] ^= flip
-    for path in ("/predict/all", "/explain/gap"):
+    for path in ("/predict/all", "/explain/gap", "/inside/gap"):
         answer = client.post(path, content=bytes(broken), headers={"content-type": "image/png"})
         assert answer.status_code in (200, 413, 422), answer.text
 
