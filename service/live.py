@@ -16,7 +16,7 @@ Events, each one `event:` line and one JSON `data:` line:
   ETA, a finished run), or its writer went silent and it now shows as stopped.
 - `cleared` (`Cleared`): a step's progress file is gone.
 - `published` (`Published`): this worker serves a new version of a step.
-- `closing`: the service is shutting down; the browser's EventSource reconnects by itself.
+- `closing`: the service is shutting down; the page (`static/live.js`) connects again.
 
 Open pages cost little but are bounded: MAX_STREAMS streams per worker (past it 503), each with
 a queue of QUEUE_EVENTS; a page that stops reading (a frozen tab) loses its stream once its queue
