@@ -149,7 +149,7 @@ function render() {
     .filter(([, n]) => n)
     .map(([state, n]) => `${n} ${state}`);
   $("#live-summary").textContent = steps.length
-    ? `Steps ${counts.join(", ")}. This follows the trainer as it writes its progress into the model volume.`
+    ? `${steps.length === 1 ? "One step" : `${steps.length} steps`}: ${counts.join(", ")}. This follows the trainer as it writes its progress into the model volume.`
     : "";
   $("#live-steps").replaceChildren(...steps.map(row));
   const curves = steps.some((s) => s.history.length);
