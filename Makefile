@@ -1,4 +1,4 @@
-# The two commands a newcomer needs:  `make train`  and  `make test`.
+# The two commands a newcomer needs:  `make train`  and  `make test`  (`make check`: the fast part).
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -7,7 +7,7 @@ MNIST_DIR ?= $(firstword $(wildcard ../shared/datasets/mnist) data/mnist)
 MODELS_DIR ?= models
 export MNIST_DIR MODELS_DIR
 
-.PHONY: install train serve demo test lint images docker-e2e bench report clean
+.PHONY: install train serve demo test check lint docs images docker-e2e bench report clean
 
 install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
@@ -49,6 +49,14 @@ lint: install
 
 test: install lint  ## lint, type-check and run the whole test suite
 	$(PY) -m pytest
+
+# The inner loop while changing the code: what `make test` runs less the tests marked slow
+# (those that train, drive a browser or run for more than a few seconds) and docker.
+check: install lint  ## lint, type-check and run the tests that need no training or browser
+	$(PY) -m pytest -m "not slow and not docker"
+
+docs: install  ## build the docs site into build/site (tests/test_docs.py builds it with --strict)
+	$(PY) -m mkdocs build --strict
 
 report: install  ## regenerate reports/REPORT.md from the committed metrics
 	$(PY) -m trainer report

@@ -281,6 +281,10 @@ def main() -> None:
             sampler.start()
             publisher_argv = [sys.executable, "-c", PUBLISHER, str(root), str(args.publish_every)]
             with process([*publisher_argv, *steps], env, publisher_log):
+                # On a busy machine the publisher's imports alone can outlast a short soak.
+                deadline = time.monotonic() + 60
+                while not publisher_log.read_text() and time.monotonic() < deadline:
+                    time.sleep(0.05)
                 started = time.monotonic()
                 results = asyncio.run(load(url, kinds, args.clients, args.seconds, args.seed))
                 took = time.monotonic() - started

@@ -29,7 +29,7 @@ from service.auth import ApiKeys
 from service.limits import RequestLimits
 from service.live import LiveFeed, closed_on_exit_signals
 from service.models import ModelRegistry
-from service.routes import inside, lab, live, ops, predict, steps, v2
+from service.routes import docs, inside, lab, live, ops, predict, steps, v2
 from service.settings import Settings, cores_per_worker
 from service.uploads import document_limits
 
@@ -115,6 +115,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         poller.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await poller
+        await anyio.to_thread.run_sync(tracing.flush)  # the spans still batched (when on)
 
 
 app = FastAPI(
@@ -127,9 +128,12 @@ app = FastAPI(
     ),
     version="0.1.0",
     lifespan=lifespan,
+    # FastAPI's own pages load Swagger UI and ReDoc from a CDN: /docs is service/routes/docs.py.
+    docs_url=None,
+    redoc_url=None,
 )
 # The lab first: its `POST /predict/all` must match before `/predict/{step}` takes "all".
-for module in (lab, predict, steps, inside, live, ops, v2):
+for module in (lab, predict, steps, inside, live, ops, v2, docs):
     app.include_router(module.router)
 app.mount("/static", lab.static_files, name="static")
 # Body deadlines, requests in flight, responses counted by route and code (service/limits.py).

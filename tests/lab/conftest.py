@@ -93,6 +93,13 @@ def old_url(old_volume: Path, tmp_path_factory: pytest.TempPathFactory) -> Itera
     yield from uvicorn(old_volume, tmp_path_factory.mktemp("logs") / "uvicorn-old.log")
 
 
+@pytest.fixture(scope="session")
+def empty_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The service on a volume nothing was published into: for pages that need no model."""
+    folder = tmp_path_factory.mktemp("empty")
+    yield from uvicorn(folder / "models", folder / "uvicorn.log")
+
+
 # Package-scoped: sync_playwright runs an event loop in this thread until it stops, and later
 # tests (tests/service/test_slow_clients.py) call asyncio.run, which a running loop forbids.
 @pytest.fixture(scope="package")
