@@ -191,16 +191,19 @@ def stop(process: subprocess.Popen[bytes]) -> None:
 
 
 @contextlib.contextmanager
-def uvicorn(app: str, env: dict[str, str], workers: int, log: Path) -> Iterator[str]:
-    """`uvicorn APP` on a free port of 127.0.0.1; its base URL once /readyz answers 200."""
+def uvicorn(
+    app: str, env: dict[str, str], workers: int, log: Path, root: Path = ROOT
+) -> Iterator[str]:
+    """`uvicorn APP` on a free port of 127.0.0.1, importing from `root`; its base URL once
+    /readyz answers 200."""
     port = free_port()
     command = [sys.executable, "-m", "uvicorn", app, "--host", "127.0.0.1", "--port", str(port)]
     command += ["--workers", str(workers), *UVICORN_FLAGS]
     with open(log, "wb") as output:
         process = subprocess.Popen(
             command,
-            cwd=ROOT,
-            env=os.environ | {"PYTHONPATH": str(ROOT)} | env,
+            cwd=root,
+            env=os.environ | {"PYTHONPATH": str(root)} | env,
             stdout=output,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # its own process group, so `stop` can reach its workers

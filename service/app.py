@@ -27,8 +27,9 @@ from PIL import Image
 from service import openapi, telemetry, tracing
 from service.auth import ApiKeys
 from service.limits import RequestLimits
+from service.live import LiveFeed, closed_on_exit_signals
 from service.models import ModelRegistry
-from service.routes import docs, inside, lab, ops, predict, steps, v2
+from service.routes import docs, inside, lab, live, ops, predict, steps, v2
 from service.settings import Settings, cores_per_worker
 from service.uploads import document_limits
 
@@ -59,11 +60,14 @@ def keep_freed_memory() -> bool:
     )
 
 
-async def poll(models: ModelRegistry, seconds: float) -> None:
+async def poll(models: ModelRegistry, feed: LiveFeed, seconds: float) -> None:
+    """The one poll of the volume: new versions of the steps, then (for the live pages) the
+    trainer's progress and what was swapped in."""
     while True:
         await asyncio.sleep(seconds)
         try:
             await anyio.to_thread.run_sync(models.refresh)
+            await feed.update()
         except Exception:  # a bug here must not end polling for the life of the process
             log.exception("polling the model volume failed; trying again in %ss", seconds)
 
@@ -87,8 +91,11 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             "no model published in %s yet; not ready until the trainer publishes one",
             settings.models_dir,
         )
+    feed = LiveFeed(settings.models_dir, models, settings.max_streams)
+    await feed.update()
     app.state.settings = settings
     app.state.models = models
+    app.state.live = feed
     app.state.api_keys = tuple(key.get_secret_value().encode() for key in settings.api_keys)
     log.info(
         "API keys: %s",
@@ -99,13 +106,16 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     # CPU-bound work beyond the number of cores only queues up and holds decoded images in
     # memory; this caps how many requests decode and infer at once.
     app.state.cpu = anyio.CapacityLimiter(cores_per_worker())
-    poller = asyncio.create_task(poll(models, settings.poll_seconds))
+    poller = asyncio.create_task(poll(models, feed, settings.poll_seconds))
     try:
-        yield
+        with closed_on_exit_signals(feed):
+            yield
     finally:
+        feed.close()
         poller.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await poller
+        await anyio.to_thread.run_sync(tracing.flush)  # the spans still batched (when on)
 
 
 app = FastAPI(
@@ -123,7 +133,7 @@ app = FastAPI(
     redoc_url=None,
 )
 # The lab first: its `POST /predict/all` must match before `/predict/{step}` takes "all".
-for module in (lab, predict, steps, inside, ops, v2, docs):
+for module in (lab, predict, steps, inside, live, ops, v2, docs):
     app.include_router(module.router)
 app.mount("/static", lab.static_files, name="static")
 # Body deadlines, requests in flight, responses counted by route and code (service/limits.py).

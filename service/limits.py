@@ -30,6 +30,7 @@ from fastapi import HTTPException, status
 from prometheus_client import Counter
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.live import STREAM_PATH
 from service.settings import Settings
 from service.telemetry import IN_FLIGHT, RESPONSES
 
@@ -114,7 +115,8 @@ class RequestLimits:
         settings: Settings = scope["app"].state.settings
         body_done = not has_body(scope)
         admitted = refused = False
-        if body_done:
+        # A live stream lasts as long as its page: MAX_STREAMS bounds those, not MAX_REQUESTS.
+        if body_done and scope["path"] != STREAM_PATH:
             if not self.admit(settings, scope["path"]):
                 detail, headers = self.busy(settings)
                 encoded = [(k.encode(), v.encode()) for k, v in headers.items()]

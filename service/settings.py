@@ -101,6 +101,20 @@ class Settings(BaseSettings):
         "of `python -m service`; past it 503 with Retry-After, except /healthz, /readyz and "
         "/metrics",
     )
+    # The lab's live view (service/live.py): each open page holds a stream (a connection, a
+    # task and a queue of at most 64 events) for as long as it stays open.
+    max_streams: int = Field(
+        100,
+        gt=0,
+        description="MAX_STREAMS: live progress streams open at once (GET /progress/stream), "
+        "per worker of `python -m service`; past it 503. They do not count in MAX_REQUESTS",
+    )
+    keepalive_seconds: float = Field(
+        15.0,
+        gt=0,
+        description="KEEPALIVE_SECONDS: an idle live stream sends a comment this often, so that "
+        "proxies (nginx's proxy_read_timeout: 60 s) do not close it",
+    )
     retry_after_seconds: int = Field(
         1, ge=0, description="RETRY_AFTER_SECONDS: what a 503 for overload tells clients to wait"
     )

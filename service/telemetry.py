@@ -65,6 +65,16 @@ def serving(step: str, version: str, previous: str | None) -> None:
             SERVING.remove(step, previous)
 
 
+# The lab's live view (service/live.py): pages holding a stream open, and events sent to them.
+LIVE_STREAMS = Gauge(
+    "mnist_live_streams",
+    "Live progress streams open now (GET /progress/stream), all workers together",
+    multiprocess_mode="livesum",
+)
+LIVE_EVENTS = Counter(
+    "mnist_live_events_total", "Events sent on live progress streams, by kind", ["kind"]
+)
+
 HEADER_TIMEOUTS = Counter(
     "mnist_http_header_timeouts_total",
     "Connections closed because a request's headers did not arrive within HEADER_TIMEOUT",

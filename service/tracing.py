@@ -11,8 +11,9 @@ excluded), and the routes that infer add children: `read body`, `decode and prep
 `inference`, each with the step and version (`mnist.step`, `mnist.version`), which the server
 span carries too.
 
-Off, nothing of OpenTelemetry is imported (tests/service/test_tracing.py checks it), and `span`
-hands back one shared no-op context manager: bench/serve.py measures what that costs.
+Off, neither the SDK nor the instrumentation is imported (tests/service/test_tracing.py checks
+it; FastAPI itself imports the OpenTelemetry API where it is installed), and `span` hands back
+one shared no-op context manager: bench/serve.py measures what that costs.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ EXPORTER_ALIASES = {"otlp": "otlp_proto_http"}
 NOTHING = contextlib.nullcontext()
 
 _tracer: Tracer | None = None  # set while tracing is on
+_provider: TracerProvider | None = None  # its provider, flushed when the service stops
 
 
 def configured(environ: Mapping[str, str] = os.environ) -> bool:
@@ -72,7 +74,7 @@ def sdk_provider(environ: Mapping[str, str] = os.environ) -> TracerProvider:
 
 def instrument(app: FastAPI, provider: TracerProvider | None = None) -> None:
     """Trace every request of `app` into `provider` (default: `sdk_provider()`)."""
-    global _tracer
+    global _tracer, _provider
     from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 
     provider = provider or sdk_provider()
@@ -83,16 +85,25 @@ def instrument(app: FastAPI, provider: TracerProvider | None = None) -> None:
         excluded_urls=EXCLUDED_URLS,
         exclude_spans=["receive", "send"],
     )
+    app.middleware_stack = None  # built again, tracing included, at the next request
     _tracer = provider.get_tracer("service")
+    _provider = provider
 
 
 def uninstrument(app: FastAPI) -> None:
     """Stop tracing `app` (the tests' in-memory tracing ends with its test)."""
-    global _tracer
+    global _tracer, _provider
     from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 
     FastAPIInstrumentor.uninstrument_app(app)
-    _tracer = None
+    _tracer = _provider = None
+
+
+def flush() -> None:
+    """Send the spans still batched. The service calls it as it stops: under uvicorn the SDK's
+    exit hook left them unsent, and a stopped service lost its last seconds of spans."""
+    if _provider is not None:
+        _provider.force_flush()
 
 
 def attributes(model: LoadedModel | None) -> dict[str, Any]:

@@ -46,10 +46,13 @@ export function el(tag, attributes = {}, ...children) {
   return node;
 }
 
-// A shell command as code that wraps only between its words (never after the "-" of "--steps"),
-// and copies as typed.
+// A shell command as code that wraps between its words, never after the "-" of "--steps"; a
+// long word (a list of steps, a path) also after its commas and slashes, so that it fits a
+// phone. It copies as typed (<wbr> adds no character).
 export function command(text, className = "") {
-  const words = text.split(" ").flatMap((w, i) => [i ? " " : "", el("span", { class: "word", text: w })]);
+  const word = (w) =>
+    w.split(/(?<=[,/])/).flatMap((part, i) => [i ? el("wbr") : null, el("span", { class: "word", text: part })]);
+  const words = text.split(" ").flatMap((w, i) => [i ? " " : null, ...word(w)]);
   return el("code", { class: className || null }, ...words);
 }
 

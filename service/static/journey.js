@@ -15,38 +15,77 @@ function draw(id, config) {
   charts[id] = new Chart($(`#${id}`), config);
 }
 
-// Each point's step number beside it, moved below or to the left where it would overlap
-// one already drawn (batchnorm and dropout share a parameter count).
+// Each point's label ("7 scheduler") where it covers the least: the labels placed before it,
+// the points, the line through them, and the plot's edges. Points crowd: batchnorm and dropout
+// share a parameter count, the first steps sit at the right edge, the last ones close together.
+const LABEL_HEIGHT = 14;
 const pointLabels = {
   id: "pointLabels",
   afterDatasetsDraw(chart) {
-    const { ctx, chartArea } = chart;
+    const { ctx, chartArea: area } = chart;
+    const points = chart.getDatasetMeta(0).data.map((p) => ({ x: p.x, y: p.y }));
+    // On a narrow chart (a phone) the step's number alone: the table above names them.
+    const narrow = area.right - area.left < 300;
+    const texts = chart.data.datasets[0].data.map((d) => (narrow ? d.label.split(" ")[0] : d.label));
+    const h = LABEL_HEIGHT;
+    const covered = (a, b) =>
+      Math.max(0, Math.min(a.x + a.w, b.x + b.w) - Math.max(a.x, b.x)) *
+      Math.max(0, Math.min(a.y + a.h, b.y + b.h) - Math.max(a.y, b.y));
+    // The line, as points every 3 pixels along it.
+    const line = points.slice(1).flatMap((b, i) => {
+      const a = points[i];
+      const n = Math.ceil(Math.hypot(b.x - a.x, b.y - a.y) / 3);
+      return [...Array(n).keys()].map((k) => ({ x: a.x + ((b.x - a.x) * k) / n, y: a.y + ((b.y - a.y) * k) / n }));
+    });
+    const bounds = { left: area.left + 2, right: area.right - 2, top: area.top - 6, bottom: area.bottom - 2 };
+    const cost = (box) => {
+      const outside =
+        Math.max(0, bounds.left - box.x) + Math.max(0, box.x + box.w - bounds.right) +
+        Math.max(0, bounds.top - box.y) + Math.max(0, box.y + box.h - bounds.bottom);
+      const onLabels = placed.reduce((sum, other) => sum + covered(box, other), 0);
+      const onPoints = points.reduce((sum, p) => sum + covered(box, { x: p.x - 6, y: p.y - 6, w: 12, h: 12 }), 0);
+      const onLine = line.filter((q) => q.x > box.x && q.x < box.x + box.w && q.y > box.y && q.y < box.y + box.h).length;
+      return 1000 * outside + 10 * onLabels + 5 * onPoints + 20 * onLine;
+    };
     const placed = [];
     ctx.save();
     ctx.font = "600 12px " + Chart.defaults.font.family;
     ctx.fillStyle = COLOURS.ink;
-    chart.getDatasetMeta(0).data.forEach((point, i) => {
-      const text = chart.data.datasets[0].data[i].label;
-      const width = ctx.measureText(text).width;
+    ctx.textBaseline = "top";
+    points.forEach((p, i) => {
+      const w = ctx.measureText(texts[i]).width;
       const spots = [
-        [point.x + 7, point.y - 7],
-        [point.x + 7, point.y + 15],
-        [point.x - 7 - width, point.y - 7],
-        [point.x - 7 - width, point.y + 15],
-      ];
-      const free = spots.find(
-        ([x, y]) =>
-          x >= chartArea.left &&
-          x + width <= chartArea.right + 30 &&
-          !placed.some((p) => Math.abs(p[0] - x) < width + 4 && Math.abs(p[1] - y) < 14),
-      );
-      const [x, y] = free ?? spots[0];
-      placed.push([x, y]);
-      ctx.fillText(text, x, y);
+        [8, -h / 2], // right of the point, then above or below it to the right, to the left ...
+        [5, -h - 5],
+        [5, 5],
+        [-8 - w, -h / 2],
+        [-5 - w, -h - 5],
+        [-5 - w, 5],
+        [-w / 2, -h - 8],
+        [-w / 2, 8],
+        [5, -2 * h - 5], // ... and, where those are taken, a line further off
+        [5, h + 5],
+        [-5 - w, -2 * h - 5],
+        [-5 - w, h + 5],
+      ].map(([dx, dy], order) => ({ x: p.x + dx, y: p.y + dy, w, h, order }));
+      // The first of the spots that cover the least (each one a little less welcome than the last).
+      const box = spots.reduce((best, spot) => (cost(spot) + spot.order < cost(best) + best.order ? spot : best));
+      placed.push(box);
+      ctx.fillText(texts[i], box.x, box.y + 1);
     });
     ctx.restore();
+    chart.labelBoxes = placed.map(({ x, y, w, h }) => ({ x, y, w, h })); // for tests
   },
 };
+
+// 5000 as "5k": the log axis labels only 1, 2 and 5 of each power of ten (on a narrow chart only
+// the powers), upright.
+function shortCount(value) {
+  const lead = value / 10 ** Math.floor(Math.log10(value) + 1e-9);
+  const shown = this.width < 300 ? [1] : [1, 2, 5];
+  if (!shown.some((d) => Math.abs(lead - d) < 1e-6)) return "";
+  return value >= 1e6 ? `${value / 1e6}M` : value >= 1e3 ? `${value / 1e3}k` : `${value}`;
+}
 
 const axis = (title, extra = {}) => ({
   title: { display: true, text: title },
@@ -77,9 +116,12 @@ function accuracyAgainstParams(trained) {
     options: {
       animation: false,
       maintainAspectRatio: false,
-      layout: { padding: { right: 36, top: 8 } },
+      layout: { padding: { right: 8, top: 14 } },
       scales: {
-        x: axis("parameters (log scale)", { type: "logarithmic" }),
+        x: axis("parameters (log scale)", {
+          type: "logarithmic",
+          ticks: { callback: shortCount, maxRotation: 0, autoSkip: false },
+        }),
         y: axis("best test accuracy %"),
       },
       plugins: {
@@ -276,6 +318,14 @@ async function showMistakes(step) {
   $("#mistakes-box").hidden = false;
 }
 
+// How far train accuracy is from test, in words: a sign in front of a number read "train −
+// test −1.79" (two minus signs); "1.79 points below test" needs none.
+function gap(points) {
+  const size = Math.abs(points).toFixed(2);
+  if (size === "0.00") return "the same as test";
+  return `${size} points ${points > 0 ? "above" : "below"} test`;
+}
+
 export async function select(slug, scroll = false) {
   const step = journey.steps.find((s) => s.slug === slug);
   if (!step) return;
@@ -307,7 +357,7 @@ export async function select(slug, scroll = false) {
   $("#detail-facts").replaceChildren(
     `${count(metrics.params)} parameters. Best test accuracy ${best.test_accuracy.toFixed(2)} % at epoch ` +
       `${metrics.best_epoch} of ${metrics.epochs.length} (train ${best.train_accuracy.toFixed(2)} %, ` +
-      `train − test ${(best.train_accuracy - best.test_accuracy).toFixed(2)} points), trained${subset} by `,
+      `${gap(best.train_accuracy - best.test_accuracy)}), trained${subset} by `,
     command(metrics.provenance.command),
     ".",
   );

@@ -8,6 +8,7 @@
 // as the input changes again.
 import { $, ApiError, bestStep, command, count, el, getJSON, paintGrey, percent, pixels, postImage } from "./api.js";
 import { showJourney } from "./journey.js";
+import { startLive } from "./live.js";
 
 const DEBOUNCE_MS = 120; // a stroke is answered while it is drawn, a few times a second
 const PEN = 18; // pen width on the 280-pixel pad: about MNIST's stroke once fitted into 20x20
@@ -61,7 +62,7 @@ pad.addEventListener("pointerdown", (event) => {
   event.preventDefault();
   pad.setPointerCapture(event.pointerId);
   page.pointer = event.pointerType; // mouse, pen or touch
-  if (input.kind === "empty") blank();
+  if (input.kind !== "pad") blank(); // a drawing starts on a clean pad, not over a photo or sample
   input = { kind: "pad", blob: null, label: null, what: "your drawing" };
   const [x, y] = padPoint(event);
   stroke = { id: event.pointerId, x, y };
@@ -116,20 +117,21 @@ async function useFile(blob, label = null, what = "your photo") {
 }
 
 // A published MNIST digit: sent as its own 28x28 PNG (so the models see it exactly as the
-// test set has it), shown on the pad as dark ink on white.
-async function useDigit(digit, what) {
+// test set has it), shown on the pad as dark ink on white. `example`: the digit the page opens
+// with, answered before the user does anything, so that no card starts empty.
+async function useDigit(digit, what, { example = false } = {}) {
   const grey = pixels(digit);
   const canvas = el("canvas", { width: 28, height: 28 });
   paintGrey(canvas, grey);
   const blob = await new Promise((resolve) => canvas.toBlob(resolve, "image/png"));
-  input = { kind: "file", blob, label: digit.label, what };
+  input = { kind: "file", blob, label: digit.label, what, example };
   const shown = el("canvas", { width: 28, height: 28 });
   paintGrey(shown, grey, true);
   blank();
   ink.imageSmoothingEnabled = true;
   ink.drawImage(shown, 0, 0, pad.width, pad.height);
   changed();
-  $("#try").scrollIntoView({ behavior: "smooth", block: "start" });
+  if (!example) $("#try").scrollIntoView({ behavior: "smooth", block: "start" });
 }
 
 $("#clear").addEventListener("click", () => {
@@ -182,13 +184,15 @@ async function predictNewest() {
   const generation = live.wanted;
   live.predicted = generation;
   const blob = await currentBlob();
-  live.image = blob && { generation, blob, label: input.label, what: input.what };
+  live.image = blob && { generation, blob, label: input.label, what: input.what, example: input.example };
   if (!blob) {
     showIdle();
+    document.dispatchEvent(new CustomEvent("lab:input", { detail: null }));
   } else {
     try {
       showAnswers(await postImage("/predict/all", blob), generation);
       live.failed = false;
+      document.dispatchEvent(new CustomEvent("lab:input", { detail: live.image })); // inside.js
     } catch (error) {
       live.failed = true;
       showError(error);
@@ -286,6 +290,7 @@ function buildCards() {
 function showSeen(grey) {
   const flat = Uint8Array.from(grey.flat());
   paintGrey($("#seen"), flat);
+  $("#seen").classList.remove("empty");
   $("#seen").setAttribute("aria-label", "What the models saw: the 28 by 28 input after preprocessing");
 }
 
@@ -293,13 +298,14 @@ function showIdle() {
   for (const card of cards.values()) {
     if (!card.digit) continue;
     card.digit.textContent = "–";
-    card.conf.textContent = "";
+    card.conf.textContent = "waiting for a digit";
     card.root.classList.remove("agree", "disagree");
     for (const bar of card.bars) bar.firstChild.style.height = "0";
     card.heat.getContext("2d").clearRect(0, 0, 28, 28);
     card.heatNote.textContent = "";
   }
   $("#seen").getContext("2d").clearRect(0, 0, 28, 28);
+  $("#seen").classList.add("empty");
   say(steps.some((s) => s.trained) ? "Draw a digit." : noStepsMessage());
 }
 
@@ -347,7 +353,11 @@ function showAnswers(answer, generation) {
     refreshedFor = versions;
     refreshSteps();
   }
-  if (!stroke) say(summary(answer.predictions, label));
+  if (!stroke) {
+    const example = live.image?.example;
+    const said = summary(answer.predictions, example ? null : label);
+    say(example ? `An example: ${live.image.what}. ${said} Now draw your own digit on the pad.` : said);
+  }
   page.answered = generation;
 }
 
@@ -395,6 +405,7 @@ function showHeat(card, answer) {
 
 // --- Start -----------------------------------------------------------------------------
 
+let sampleDigits = [];
 let refreshing = null;
 let refreshedFor = "";
 function refreshSteps() {
@@ -402,6 +413,7 @@ function refreshSteps() {
     try {
       steps = await getJSON("/steps");
       buildCards();
+      document.dispatchEvent(new CustomEvent("lab:steps", { detail: steps }));
       await showJourney(steps, useDigit);
       changed(); // answer the same input again, on the new cards
     } finally {
@@ -413,6 +425,7 @@ function refreshSteps() {
 
 async function showSamples() {
   const { digits } = await getJSON("/samples");
+  sampleDigits = digits;
   $("#samples").hidden = digits.length === 0;
   $("#samples .sample-row").replaceChildren(
     ...digits.map((digit) => {
@@ -440,10 +453,28 @@ async function start() {
     return;
   }
   buildCards();
+  document.dispatchEvent(new CustomEvent("lab:steps", { detail: steps }));
   showIdle();
-  await Promise.all([showJourney(steps, useDigit), showSamples()]);
+  await Promise.all([showJourney(steps, useDigit), showSamples(), startLive(refreshSteps)]);
+  // Every card answers a first digit at once (MNIST's first test digit when the volume has
+  // samples), rather than showing dashes until the user acts.
+  const first = sampleDigits.reduce((a, d) => (a && a.index < d.index ? a : d), null);
+  if (first && bestStep(steps) && input.kind === "empty") {
+    await useDigit(first, `MNIST test digit #${first.index}, a ${first.label}`, { example: true });
+    // Answered before the page calls itself ready (the heatmaps follow), without the debounce.
+    clearTimeout(live.timer);
+    live.timer = 0;
+    live.busy = true;
+    try {
+      await predictNewest();
+    } finally {
+      live.busy = false;
+    }
+    pump(); // the heatmaps, and whatever changed meanwhile
+  } else if (bestStep(steps)) {
+    say(`Draw a digit: ${steps.filter((s) => s.trained).length} trained steps will answer.`);
+  }
   page.ready = "true";
-  if (bestStep(steps)) say(`Draw a digit: ${steps.filter((s) => s.trained).length} trained steps will answer.`);
 }
 
 start();

@@ -367,3 +367,29 @@ def test_compose_keeps_the_hardening_and_limits() -> None:
     assert "no-new-privileges:true" in service["security_opt"]
     assert megabytes(str(service["mem_limit"])) >= 2048  # 1.29 prints "2g", v2 bytes
     assert str(service["ulimits"]["nofile"]) in ("4096", "{'soft': 4096, 'hard': 4096}")
+
+
+# --- API keys: a secret file layered on, never a literal ------------------------------------
+
+KEYS_FILE = ROOT / "docker-compose.api-keys.yml"
+
+
+def test_the_api_keys_file_adds_a_secret_to_the_service_only() -> None:
+    override = load(KEYS_FILE)
+    assert set(override["services"]) == {"service"}
+    service = override["services"]["service"]
+    assert service["secrets"] == ["api_keys"]
+    assert service["environment"] == {"API_KEYS_FILE": "/run/secrets/api_keys"}
+    assert override["secrets"] == {"api_keys": {"file": "${SERVICE_API_KEYS_FILE:-./api-keys.txt}"}}
+    assert "API_KEYS" not in services()["service"]["environment"]  # off by default
+    assert "/api-keys.txt" in (ROOT / ".gitignore").read_text().splitlines()
+
+
+def test_compose_validates_the_api_keys_on_top_of_the_base() -> None:
+    config = compose_config(files=(COMPOSE_FILE, KEYS_FILE))
+    service = config["services"]["service"]
+    assert service["environment"]["API_KEYS_FILE"] == "/run/secrets/api_keys"
+    assert service["environment"]["MODELS_DIR"] == "/models"  # the base's, kept
+    (mounted,) = service["secrets"]
+    assert (mounted if isinstance(mounted, str) else mounted["source"]) == "api_keys"
+    assert Path(config["secrets"]["api_keys"]["file"]) == ROOT / "api-keys.txt"

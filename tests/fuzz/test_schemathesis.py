@@ -1,7 +1,8 @@
 """schemathesis, a fuzzer no one here wrote, against the live service's own OpenAPI schema.
 
 The service runs as users run it (`python -m service`, a real uvicorn) on a volume where every
-step but the last is published, so that both a prediction and "not trained yet" are reachable.
+step but the last is published, so that both a prediction and "not trained yet" are reachable,
+with API keys on: schemathesis is given one, and its `ignored_auth` check sends none.
 schemathesis runs every phase (examples, coverage, fuzzing, stateful) with all of its checks;
 the configuration, and each finding fixed or justified, are in tests/fuzz/schemathesis.toml.
 """
@@ -20,7 +21,7 @@ import pytest
 import volume
 from tests.conftest import ROOT
 from tests.servers import serve
-from tests.service.conftest import publish, random_model
+from tests.service.conftest import KEYS, publish, random_model
 
 CONFIG = Path(__file__).with_name("schemathesis.toml")
 
@@ -37,12 +38,14 @@ def test_schemathesis_finds_nothing(tmp_path: Path) -> None:
     for number, step in enumerate(volume.STEP_SLUGS[:-1]):
         publish(models_dir, step, random_model(number), accuracy=90.0 + number / 10)
     env = os.environ | {"MODELS_DIR": str(models_dir), "PYTHONPATH": str(ROOT)}
+    env |= {"API_KEYS": ",".join(KEYS)}
     command = [sys.executable, "-m", "service"]
     log = tmp_path / "service.log"
     with serve(lambda port: [*command, "--port", str(port)], env, ROOT, log) as (client, _):
         result = subprocess.run(
             [*schemathesis_command(), "--no-color", "--config-file", str(CONFIG), "run",
-             f"{client.base_url}/openapi.json", "--checks", "all"],
+             f"{client.base_url}/openapi.json", "--checks", "all",
+             "--header", f"Authorization: Bearer {KEYS[0]}"],
             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=800,
         )  # fmt: skip
     report = result.stdout + result.stderr

@@ -276,3 +276,49 @@ def test_the_cpu_variant_is_the_gpu_one_without_the_gpu(gpu: str, cpu: str) -> N
     del pod(expected)["tolerations"]
     del container(expected)["resources"]["limits"]["nvidia.com/gpu"]
     assert without == expected and limits["nvidia.com/gpu"] == 1
+
+
+@pytest.fixture(scope="module")
+def keyed(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], ...]:
+    """k8s/ with the api-keys component, as uncommenting k8s/kustomization.yaml's lines makes it
+    (in a copy: kustomize takes no absolute path to a base)."""
+    base = (K8S / "kustomization.yaml").read_text()
+    commented = "# components:\n#   - components/api-keys\n"
+    assert commented in base
+    copy = tmp_path_factory.mktemp("keyed") / "k8s"
+    shutil.copytree(K8S, copy)
+    (copy / "kustomization.yaml").write_text(
+        base.replace(commented, "components:\n  - components/api-keys\n")
+    )
+    result = subprocess.run(
+        [kubectl(), "kustomize", str(copy)], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    return tuple(d for d in yaml.safe_load_all(result.stdout) if d)
+
+
+@pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
+def test_the_keyed_service_validates(keyed: tuple[dict[str, Any], ...], version: str) -> None:
+    for resource in keyed:
+        kubernetes_validate.validate(resource, version, strict=True)
+
+
+def test_the_keyed_service_is_the_service_with_its_keys_from_a_secret(
+    keyed: tuple[dict[str, Any], ...],
+) -> None:
+    assert sorted(d["kind"] for d in keyed) == sorted(d["kind"] for d in render(SERVING))
+    plain = one(SERVING, "Deployment")
+    (deployment,) = [d for d in keyed if d["kind"] == "Deployment"]
+    (volume,) = [v for v in pod(deployment)["volumes"] if v["name"] == "api-keys"]
+    assert volume["secret"]["secretName"] == "service-api-keys"
+    assert "optional" not in volume["secret"]  # no Secret: no pod, rather than no keys
+    (mount,) = [m for m in container(deployment)["volumeMounts"] if m["name"] == "api-keys"]
+    assert mount["readOnly"] is True
+    env = {e["name"]: e for e in container(deployment)["env"]}
+    assert env["API_KEYS_FILE"]["value"] == f"{mount['mountPath']}/api-keys"
+    assert "API_KEYS" not in env  # a file from the Secret, never a literal
+    expected = yaml.safe_load(yaml.safe_dump(deployment))
+    pod(expected)["volumes"].remove(volume)
+    container(expected)["volumeMounts"].remove(mount)
+    container(expected)["env"].remove(env["API_KEYS_FILE"])
+    assert expected == plain

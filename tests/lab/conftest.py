@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+import volume
 from tests.conftest import ROOT
 from tests.servers import serve
 from volume import FINAL_STEP, OPTIONAL_FILES, STEP_SLUGS
@@ -73,8 +74,10 @@ def old_volume(lab_volume: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
     return copy
 
 
-def uvicorn(models_dir: Path, log: Path) -> Iterator[str]:
+def uvicorn(models_dir: Path, log: Path, **settings: str) -> Iterator[str]:
+    """The app on `models_dir`; `settings` as environment variables (poll_seconds="0.2")."""
     env = os.environ | {"MODELS_DIR": str(models_dir), "PYTHONPATH": str(ROOT)}
+    env |= {name.upper(): value for name, value in settings.items()}
     command = [sys.executable, "-m", "uvicorn", "service.app:app", "--host", "127.0.0.1"]
     with serve(lambda port: [*command, "--port", str(port)], env, ROOT, log) as (client, _):
         yield str(client.base_url)
@@ -162,3 +165,40 @@ def phone(browser, lab_url: str):
     yield page
     context.close()
     assert problems.seen == []
+
+
+# --- The live view: a volume being trained into -------------------------------------------
+
+HELD = "batchnorm"  # trained in the lab volume, held back from a live one: published in a test
+
+
+def republish(source: Path, target: Path, step: str) -> str:
+    """Publish `source`'s current version of `step` into `target`, as the trainer would."""
+    current = volume.read_current(source, step)
+    assert current is not None, f"{step} is not published in {source}"
+    return volume.publish(
+        target, step, current.model_bytes, current.summary, current.metrics,
+        mistakes=current.mistakes, samples=current.samples,
+    )  # fmt: skip
+
+
+@dataclass
+class LiveServer:
+    url: str
+    models_dir: Path  # tests write progress files and publish here; the service reads it
+    source: Path  # the lab volume, where HELD's version comes from
+
+
+@pytest.fixture
+def live_server(lab_volume: Path, tmp_path: Path) -> Iterator[LiveServer]:
+    """The lab volume's versions, republished without HELD and without progress files, served
+    by the app polling every 0.2 s: a fresh one per test, as each test trains into it."""
+    models_dir = tmp_path / "models"
+    for step in volume.read_index(lab_volume).steps:
+        if step != HELD:
+            republish(lab_volume, models_dir, step)
+    server = uvicorn(models_dir, tmp_path / "uvicorn.log", poll_seconds="0.2")
+    try:
+        yield LiveServer(next(server), models_dir, lab_volume)
+    finally:
+        server.close()  # stops the process

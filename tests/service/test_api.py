@@ -82,6 +82,10 @@ GETS = [
     ("/steps/0/metrics", 404, f"a number 1-{len(STEPS)}"),
     (f"/steps/{len(STEPS) + 1}/summary", 404, "unknown step"),
     ("/steps/tiny/summary", 503, "python -m trainer run --steps tiny"),
+    ("/steps/gap", 200, '"best_test_accuracy":90.0,"best_epoch":1,"params":7850'),
+    ("/steps/7", 200, '"step":"scheduler","serving":"2'),
+    ("/steps/lighter", 503, "keeps no version of it"),
+    ("/steps/nope", 404, "unknown step 'nope'"),
     ("/steps/%2e%2e/metrics", 404, "unknown step '..'"),
     ("/steps/..%2Fvolume/metrics", 404, "Not Found"),
     ("/steps/%2e%2e%2f%2e%2e%2fetc%2fpasswd/summary", 404, "Not Found"),
@@ -348,6 +352,27 @@ BAD_INPUTS = [
         "at most 64 files",
     ),
     (
+        "unknown version",
+        "gap?version=20260101T000000.000000Z-00000000",
+        {"content": DIGIT, "headers": {"content-type": "image/png"}},
+        404,
+        "'gap' has no kept version '20260101T000000.000000Z-00000000'; the volume keeps: 2",
+    ),
+    (
+        "path-like version",
+        "gap?version=..%2F..%2Findex.json",
+        {"content": DIGIT, "headers": {"content-type": "image/png"}},
+        404,
+        "has no kept version '../../index.json'",
+    ),
+    (
+        "version of an untrained step",
+        "lighter?version=20260101T000000.000000Z-00000000",
+        {"content": DIGIT, "headers": {"content-type": "image/png"}},
+        503,
+        "not trained yet",
+    ),
+    (
         "malformed multipart",
         "gap",
         {"content": b"--x\r\nnonsense", "headers": {"content-type": "multipart/form-data"}},
@@ -416,6 +441,23 @@ def test_a_new_version_is_served_without_a_restart(client: TestClient, models_di
     exposed = client.get("/metrics").text  # which version each step serves, for an operator
     assert f'mnist_model_info{{step="gap",version="{version}"}} 1.0' in exposed
     assert f'version="{before["version"]}"' not in exposed
+
+
+def test_a_kept_version_answers_when_pinned(client: TestClient, models_dir: Path) -> None:
+    old = client.post("/predict/gap", files={"file": ("a.png", DIGIT)}).json()
+    new_version = publish(models_dir, "gap", random_model(98), accuracy=89.0)
+    client.app.state.models.refresh()
+    new = client.post("/predict/gap", files={"file": ("a.png", DIGIT)}).json()
+    assert new["version"] == new_version != old["version"]
+    pinned = client.post(f"/predict/gap?version={old['version']}", content=DIGIT,
+                         headers={"content-type": "image/png"}).json()  # fmt: skip
+    assert pinned == old  # the same version, the same answer
+    listed = client.get("/steps/6").json()
+    assert listed["serving"] == new_version
+    assert [(v["version"], v["current"], v["best_test_accuracy"]) for v in listed["versions"]] == [
+        (old["version"], False, 90.0),
+        (new_version, True, 89.0),
+    ]
 
 
 def test_openapi_documents_both_ways_to_send_an_image(client: TestClient) -> None:

@@ -90,6 +90,48 @@ def test_empty_volume_then_publish_then_hot_swap(tmp_path: Path) -> None:
     assert "step gap: serving version" in (tmp_path / "uvicorn.log").read_text()
 
 
+def test_rollback_under_load_fails_no_request(tmp_path: Path) -> None:
+    """`python -m trainer rollback` while clients post, one pinned to the newest version with
+    `?version=`: the service follows within POLL_SECONDS and every request is answered."""
+    models_dir = tmp_path / "models"
+    first = publish(models_dir, "gap", random_model(1))
+    second = publish(models_dir, "gap", random_model(2))
+    with uvicorn(models_dir, tmp_path / "uvicorn.log") as client:
+        answered: dict[str, list[tuple[int, str]]] = {"": [], f"?version={second}": []}
+        stop = threading.Event()
+
+        def hammer(query: str) -> None:
+            while not stop.is_set():
+                reply = client.post(f"/predict/gap{query}", content=DIGIT, headers=PNG)
+                answered[query].append((reply.status_code, reply.json().get("version", reply.text)))
+
+        workers = [threading.Thread(target=hammer, args=(q,)) for q in answered]
+        for worker in workers:
+            worker.start()
+        try:
+            # One rollback, by the real CLI (a second would only re-import torch: CI has 2 cores).
+            rollback = subprocess.run(
+                [sys.executable, "-m", "trainer", "rollback", "gap", first, "--out", str(models_dir)],
+                cwd=ROOT, env=os.environ | {"PYTHONPATH": str(ROOT)}, capture_output=True,
+                text=True, timeout=120,
+            )  # fmt: skip
+            assert rollback.returncode == 0, rollback.stderr
+            wait_for(lambda: client.get("/steps/gap").json()["serving"] == first, "the rollback")
+            time.sleep(0.5)  # requests on the version rolled back to
+        finally:
+            stop.set()
+            for worker in workers:
+                worker.join(timeout=30)
+    current, pinned = answered.values()
+    assert current and pinned and {code for code, _ in current + pinned} == {200}, answered
+    # The current version changed under the unpinned client, once, and never under the pinned one.
+    versions = [version for _, version in current]
+    assert versions[0] == second and versions[-1] == first, versions[:3]
+    assert versions == sorted(versions, key=lambda v: v == first)
+    assert {version for _, version in pinned} == {second}
+    assert "loaded pinned version" not in (tmp_path / "uvicorn.log").read_text()  # held
+
+
 def test_limits_hold_in_a_real_server(tmp_path: Path) -> None:
     models_dir = tmp_path / "models"
     publish(models_dir, "gap")
