@@ -56,20 +56,21 @@ def dead_pid() -> int:
 
 LONG_AGO = (datetime.now(UTC) - timedelta(seconds=7 * HEARTBEAT_SECONDS)).isoformat()
 
-# (the file, the state shown, stale, done)
+# (the file, made when the test runs: a file made at collection may be stale by then on a busy
+# machine; the state shown, stale, done)
 SHOWN = {
-    "training": (progress(), "training", False, 0.375),
-    "published": (progress(state="published", version="v1", eta_seconds=None), "published", False, 1.0),
-    "failed": (progress(state="failed", message="out of memory"), "failed", False, 0.375),
-    "silent for 7 heartbeats": (progress(updated_at=LONG_AGO), "stopped", True, 0.375),
-    "its process gone": (progress(host=socket.gethostname(), pid=dead_pid()), "stopped", True, 0.375),
+    "training": (lambda: progress(), "training", False, 0.375),
+    "published": (lambda: progress(state="published", version="v1", eta_seconds=None), "published", False, 1.0),
+    "failed": (lambda: progress(state="failed", message="out of memory"), "failed", False, 0.375),
+    "silent for 7 heartbeats": (lambda: progress(updated_at=LONG_AGO), "stopped", True, 0.375),
+    "its process gone": (lambda: progress(host=socket.gethostname(), pid=dead_pid()), "stopped", True, 0.375),
 }  # fmt: skip
 
 
 @pytest.mark.parametrize("case", SHOWN)
 def test_the_snapshot_shows_each_state(client: TestClient, models_dir: Path, case: str) -> None:
     written, state, stale, done = SHOWN[case]
-    write_progress(models_dir, written)
+    write_progress(models_dir, written())
     answer = client.get("/progress")
     assert answer.status_code == 200
     (step,) = answer.json()["steps"]
