@@ -11,10 +11,10 @@ and each policy, one epoch (training and the test pass, as ``fit()`` runs them) 
 process, so that OpenMP starts with that policy's settings:
 
 - chosen: what ``python -m trainer run`` does for one job on this machine
-  (``trainer.threads``: its threads, OMP_WAIT_POLICY=PASSIVE);
+  (``trainer.threads``: one thread, OMP_WAIT_POLICY=PASSIVE);
 - old default: PyTorch's own (a thread per core, OpenMP's spinning wait), what the trainer
   did before;
-- 1 thread: the same wait as chosen, one thread.
+- passive per core: a thread per core with the chosen policy's wait.
 
 Per step and policy it prints the median quiet and loaded seconds and their ratio; a busy core
 takes half of a 2-core machine, so a ratio up to 2.2 is the target (issue 28), and the chosen
@@ -46,7 +46,7 @@ sys.path.insert(0, str(ROOT))
 
 from trainer import threads  # noqa: E402  (imports no torch)
 
-POLICIES = ("chosen", "old default", "1 thread")
+POLICIES = ("chosen", "old default", "passive per core")
 STEPS = ("scheduler", "skeleton")
 TARGET_RATIO = 2.2  # a busy core is half of a 2-core machine; a little beyond, for noise
 TARGET_QUIET = 0.05  # the chosen policy's quiet epoch within this of the fastest policy's
@@ -65,7 +65,9 @@ def policy_env(policy: str) -> tuple[dict[str, str], int]:
     if policy == "old default":
         return env, cores  # torch's default: a thread per core; OpenMP's default wait
     threads.prepare_openmp(env)
-    count = 1 if policy == "1 thread" else threads.choose(cores, 1, "cpu", 1, environ=env).threads
+    if policy == "passive per core":
+        return env, cores
+    count = threads.choose(cores, 1, "cpu", 1, environ=env).threads
     return env, count
 
 

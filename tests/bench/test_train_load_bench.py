@@ -24,7 +24,7 @@ def test_train_load_bench_runs_and_reports_a_ratio(mnist_dir: Path) -> None:
         r"\d+ cores; chosen for one job: \d+ thread\(s\), OMP_WAIT_POLICY=PASSIVE", lines[0]
     )
     for step, images in (("scheduler", 64), ("skeleton", 16)):
-        for policy in ("chosen", "old default", "1 thread"):
+        for policy in ("chosen", "old default", "passive per core"):
             row = rf"\| `{step}` \| {images} \| {policy} \| [\d.]+ \| [\d.]+ \| [\d.]+ \|"
             assert any(re.fullmatch(row, x) for x in lines), stdout
         assert any(x.startswith(f"`{step}`: chosen busy/quiet ") for x in lines), stdout

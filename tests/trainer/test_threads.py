@@ -17,24 +17,24 @@ from trainer import threads
 @pytest.mark.parametrize(
     ("cores", "steps", "device", "jobs", "count", "environ", "expected", "why"),
     [
-        # On a CPU: a job per core, the cores shared among them.
+        # On a CPU: a job per core, one thread each.
         (2, 8, "cpu", None, None, {}, (2, 1), "a job per core (2 cores)"),
         (8, 8, "cpu", None, None, {}, (8, 1), "a job per core (8 cores)"),
-        # Fewer steps than cores: a job per step, each with the cores left.
-        (2, 1, "cpu", None, None, {}, (1, 2), "1 step to train"),
-        (16, 3, "cpu", None, None, {}, (3, 5), "16 cores shared by 3 jobs"),
+        # Fewer steps than cores: a job per step, still one thread each (a busy core).
+        (2, 1, "cpu", None, None, {}, (1, 1), "1 step to train"),
+        (16, 3, "cpu", None, None, {}, (3, 1), "one thread a job"),
         (1, 8, "cpu", None, None, {}, (1, 1), "a job per core (1 cores)"),
         # CUDA: one job, the GPU is shared.
         (16, 8, "cuda", None, None, {}, (1, 16), "one job on the GPU"),
         # The user's word wins: --jobs, --threads, then the usual variables.
-        (2, 8, "cpu", 1, None, {}, (1, 2), "--jobs 1"),
+        (2, 8, "cpu", 1, None, {}, (1, 1), "--jobs 1"),
         (2, 8, "cpu", 1, 1, {}, (1, 1), "--threads 1"),
         (2, 8, "cpu", 1, None, {"OMP_NUM_THREADS": "1"}, (1, 1), "OMP_NUM_THREADS=1"),
         (4, 8, "cpu", None, None, {"MKL_NUM_THREADS": "3"}, (4, 3), "MKL_NUM_THREADS=3"),
         (2, 8, "cpu", 1, 4, {"OMP_NUM_THREADS": "1"}, (1, 4), "--threads 4"),
         # A variable that is no count is not a choice.
-        (2, 1, "cpu", None, None, {"OMP_NUM_THREADS": "many"}, (1, 2), "2 cores shared by 1"),
-        (2, 1, "cpu", None, None, {"OMP_NUM_THREADS": "0"}, (1, 2), "2 cores shared by 1"),
+        (2, 1, "cpu", None, None, {"OMP_NUM_THREADS": "many"}, (1, 1), "one thread a job"),
+        (2, 1, "cpu", None, None, {"OMP_NUM_THREADS": "0"}, (1, 1), "one thread a job"),
         # More jobs than steps asked: one a step.
         (2, 2, "cpu", 5, None, {}, (2, 1), "2 steps to train"),
     ],
