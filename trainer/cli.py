@@ -49,7 +49,7 @@ from trainer.resume import (
 from trainer.steps import Recipe, count_params, get_step
 from trainer.summary import summarize
 from trainer.threads import cpu_cores
-from trainer.train import fit
+from trainer.train import build, fit
 from volume import (
     STEP_SLUGS,
     STEPS,
@@ -345,8 +345,7 @@ def train_steps(
             overall.started(slug)
         if not args.resume:
             remove_state(args.out, slug)
-        torch.manual_seed(recipe.seed)
-        model = step.build().to(device)
+        model = build(slug, recipe, device)
         if state is None:
             started, earlier = datetime.now(UTC).isoformat(timespec="seconds"), 0.0
             say(f"{heading(slug)}: {count_params(model):,} params")

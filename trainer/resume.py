@@ -38,8 +38,10 @@ from trainer.steps import Recipe, get_step
 from volume import EpochMetrics, Metrics, atomic_write_bytes, checkpoint_path, space_needed
 
 # The trainer's modules that decide a step's numbers and what is published of it; the step's
-# own model classes are hashed by their source (other steps' classes do not change it).
-CODE_MODULES = ("train.py", "loop.py", "data.py", "export.py", "summary.py", "cli.py")
+# own model classes are hashed by their source (other steps' classes do not change it). Not the
+# CLI: it chooses what they are given (the recipe, seed, --limit and device, all recorded in the
+# provenance), so a new flag or a better message does not make every committed run older code.
+CODE_MODULES = ("train.py", "loop.py", "data.py", "export.py", "summary.py")
 TRAINER_DIR = Path(__file__).resolve().parent
 
 

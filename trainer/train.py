@@ -16,7 +16,7 @@ from trainer.data import Split
 from trainer.graphs import graph_trainer
 from trainer.loop import evaluate, make_ema, make_optimizer, make_scheduler, train_one_epoch
 from trainer.resume import restore, snapshot
-from trainer.steps import Recipe
+from trainer.steps import Recipe, get_step
 from volume import EpochMetrics
 
 
@@ -40,6 +40,14 @@ class FitResult:
     @property
     def best(self) -> EpochMetrics:
         return self.epochs[self.best_epoch - 1]
+
+
+def build(slug: str, recipe: Recipe, device: torch.device) -> nn.Module:
+    """The step's model with its first weights drawn from ``recipe.seed``: what ``fit()``
+    trains. Here, not in the CLI, so that the code that decides a run's numbers is in the
+    modules trainer/resume.py hashes, and a change to the command line leaves results main's."""
+    torch.manual_seed(recipe.seed)
+    return get_step(slug).build().to(device)
 
 
 def fit(
