@@ -18,10 +18,12 @@ from service.common import (
     ModelsDep,
     ParameterErrors,
     StepName,
+    VersionQuery,
     errors,
     get_models,
     get_settings,
     loaded,
+    loaded_version,
 )
 from service.models import LoadedModel
 from service.routes.lab import ONE_IMAGE_BODY, read_one_image, seen
@@ -86,11 +88,12 @@ async def look_inside(
             json_schema_extra={"pattern": "^[A-Za-z0-9]+-[0-9]+$"},
         ),
     ] = None,
+    version: VersionQuery = None,
 ) -> InsideAnswer:
     """Every layer's output for one image, in the order of the step's layer table, as
     quantised channel tiles with the layer's range, mean and share of zeros; and the
     prediction of the same run."""
-    model = loaded(step, await get_models(request))
+    model = await loaded_version(step, version, await get_models(request))
     view = with_inside(model)
     names = [x.row.name for x in view.layers]
     if layer is not None and layer not in names:

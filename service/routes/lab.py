@@ -16,7 +16,14 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 
 from service import explain as occlusion
-from service.common import errors, get_models, get_settings, loaded, train_hint
+from service.common import (
+    VersionQuery,
+    errors,
+    get_models,
+    get_settings,
+    loaded_version,
+    train_hint,
+)
 from service.routes.predict import Prediction, answers
 from service.telemetry import STEP_PREDICTIONS
 from service.uploads import ACCEPTED, IMAGE_SCHEMA, read_image_request, run_on_images
@@ -153,11 +160,11 @@ async def predict_all(request: Request) -> AllPredictions:
     responses=errors(400, 404, 413, 415, 422, 503),
     openapi_extra={"requestBody": ONE_IMAGE_BODY},
 )
-async def explain(step: str, request: Request) -> Explanation:
+async def explain(step: str, request: Request, version: VersionQuery = None) -> Explanation:
     """The step's prediction for one image and its occlusion-sensitivity map: every 4x4
     square holding ink, every 2 pixels, erased in turn and run in one batch (see
-    `service/explain.py`)."""
-    model = loaded(step, await get_models(request))
+    `service/explain.py`); a kept version of the step with `?version=`."""
+    model = await loaded_version(step, version, await get_models(request))
     uploads = await read_one_image(request)
 
     def explained(inputs: np.ndarray) -> Explanation:

@@ -172,7 +172,7 @@ def test_openapi_documents_the_inside_with_examples(client: TestClient) -> None:
     post = spec["paths"]["/inside/{step}"]["post"]
     assert {"multipart/form-data", "image/png"} <= set(post["requestBody"]["content"])
     assert {"200", "404", "413", "415", "422", "503"} <= set(post["responses"])
-    assert {p["name"] for p in post["parameters"]} == {"step", "channels", "layer"}
+    assert {p["name"] for p in post["parameters"]} == {"step", "channels", "layer", "version"}
     layer = spec["components"]["schemas"]["LayerOutput"]["properties"]
     assert all("examples" in layer[name] for name in ("tiles", "low", "zeros", "shape"))
     assert "examples" in spec["components"]["schemas"]["LayerChange"]["properties"]["change"]
