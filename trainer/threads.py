@@ -76,7 +76,7 @@ def choose(
 ) -> Threads:
     """The jobs and threads for `steps` steps on `cores` cores: ``--jobs`` and ``--threads``
     (or ``OMP_NUM_THREADS``/``MKL_NUM_THREADS``) when given, else every core used: on a CPU as
-    many jobs as cores (at most one a step), the cores shared among them; on CUDA one job."""
+    many jobs as cores (at most one a step), one thread each; on CUDA one job with the cores."""
     reasons = []
     if jobs is not None:
         reasons.append(f"--jobs {jobs}")
