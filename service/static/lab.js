@@ -25,6 +25,17 @@ let steps = []; // GET /steps
 let input = { kind: "empty", blob: null, label: null, what: "" };
 let stroke = null; // the pointer drawing now: { id, x, y }
 const live = { wanted: 0, predicted: 0, busy: false, timer: 0, image: null, failed: false };
+// Inputs being read (a photo's preview decoded, a digit's PNG encoded): until they are wanted,
+// data-reading says so, and nobody (a test, a screen reader) takes the last answer for theirs.
+let reading = 0;
+async function read(work) {
+  page.reading = String(++reading);
+  try {
+    return await work();
+  } finally {
+    page.reading = String(--reading);
+  }
+}
 
 // --- The pad ---------------------------------------------------------------------------
 
@@ -110,28 +121,34 @@ async function showOnPad(blob) {
 
 // --- Inputs ----------------------------------------------------------------------------
 
-async function useFile(blob, label = null, what = "your photo") {
-  input = { kind: "file", blob, label, what };
-  await showOnPad(blob);
-  changed();
+function useFile(blob, label = null, what = "your photo") {
+  return read(async () => {
+    input = { kind: "file", blob, label, what };
+    await showOnPad(blob);
+    changed();
+  });
 }
 
 // A published MNIST digit: sent as its own 28x28 PNG (so the models see it exactly as the
 // test set has it), shown on the pad as dark ink on white. `example`: the digit the page opens
 // with, answered before the user does anything, so that no card starts empty.
-async function useDigit(digit, what, { example = false } = {}) {
-  const grey = pixels(digit);
-  const canvas = el("canvas", { width: 28, height: 28 });
-  paintGrey(canvas, grey);
-  const blob = await new Promise((resolve) => canvas.toBlob(resolve, "image/png"));
-  input = { kind: "file", blob, label: digit.label, what, example };
-  const shown = el("canvas", { width: 28, height: 28 });
-  paintGrey(shown, grey, true);
-  blank();
-  ink.imageSmoothingEnabled = true;
-  ink.drawImage(shown, 0, 0, pad.width, pad.height);
-  changed();
-  if (!example) $("#try").scrollIntoView({ behavior: "smooth", block: "start" });
+function useDigit(digit, what, { example = false } = {}) {
+  return read(async () => {
+    const grey = pixels(digit);
+    const canvas = el("canvas", { width: 28, height: 28 });
+    paintGrey(canvas, grey);
+    const blob = await new Promise((resolve) => canvas.toBlob(resolve, "image/png"));
+    if (example && input.kind !== "empty") return false; // the user was quicker: theirs stays
+    input = { kind: "file", blob, label: digit.label, what, example };
+    const shown = el("canvas", { width: 28, height: 28 });
+    paintGrey(shown, grey, true);
+    blank();
+    ink.imageSmoothingEnabled = true;
+    ink.drawImage(shown, 0, 0, pad.width, pad.height);
+    changed();
+    if (!example) $("#try").scrollIntoView({ behavior: "smooth", block: "start" });
+    return true;
+  });
 }
 
 $("#clear").addEventListener("click", () => {
@@ -460,17 +477,21 @@ async function start() {
   // samples), rather than showing dashes until the user acts.
   const first = sampleDigits.reduce((a, d) => (a && a.index < d.index ? a : d), null);
   if (first && bestStep(steps) && input.kind === "empty") {
-    await useDigit(first, `MNIST test digit #${first.index}, a ${first.label}`, { example: true });
+    const shown = await useDigit(first, `MNIST test digit #${first.index}, a ${first.label}`, {
+      example: true,
+    });
     // Answered before the page calls itself ready (the heatmaps follow), without the debounce.
-    clearTimeout(live.timer);
-    live.timer = 0;
-    live.busy = true;
-    try {
-      await predictNewest();
-    } finally {
-      live.busy = false;
+    if (shown && !live.busy) {
+      clearTimeout(live.timer);
+      live.timer = 0;
+      live.busy = true;
+      try {
+        await predictNewest();
+      } finally {
+        live.busy = false;
+      }
+      pump(); // the heatmaps, and whatever changed meanwhile
     }
-    pump(); // the heatmaps, and whatever changed meanwhile
   } else if (bestStep(steps)) {
     say(`Draw a digit: ${steps.filter((s) => s.trained).length} trained steps will answer.`);
   }

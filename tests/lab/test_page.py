@@ -26,7 +26,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
 UP_TO_DATE = """() => {
   const d = document.body.dataset;
-  return d.busy === 'false' && d.predicted === d.wanted && d.answered === d.wanted;
+  return (d.reading || '0') === '0' && d.busy === 'false' && d.predicted === d.wanted
+    && d.answered === d.wanted;
 }"""
 EXPLAINED = "() => document.body.dataset.explained === document.body.dataset.wanted"
 
@@ -206,36 +207,46 @@ def test_a_photo_upload_is_answered(desktop, mnist_dir: Path, tmp_path: Path) ->
     assert seen[:, 0].max() == 255 and seen[:, 0].mean() < 100  # light ink on black, as MNIST
 
 
-# Known failure, open in issue 30, cause not yet found: these three failed in a clean-clone CI
-# run after the live and inside views were merged (status "An example: ..." where "True digit
-# 0." was expected; scheduler's heatmap empty, every card's "largest drop 0 %"). Suspected: the
-# page's opening example digit (lab.js start()) racing the test's own input. Not strict: a
-# pass is reported as XPASS.
-EXAMPLE_RACE = pytest.mark.xfail(
-    strict=False, reason="issue 30: failing since the live and inside views merged; cause open"
-)
+HEAT_FLOOR = 0.05  # lab.js: a heatmap's full colour is a drop of at least 5 points
 
 
-@EXAMPLE_RACE
+def painted_heatmap(answer: dict) -> np.ndarray:
+    """The RGBA pixels lab.js's showHeat paints for an /explain answer: the input as paper,
+    red where erasing the ink lowers the answer, blue where it raises it."""
+    s = np.array(answer["sensitivity"], float).ravel()
+    level = np.array(answer["input"], float).ravel()
+    alpha = np.minimum(1, np.abs(s) / max(HEAT_FLOOR, np.abs(s).max()) * 1.15)[:, None]
+    colour = np.where((s >= 0)[:, None], [214, 40, 40], [37, 99, 235])
+    paper = (255 - 0.45 * level)[:, None]
+    rgb = np.round(paper * (1 - alpha) + colour * alpha)
+    return np.hstack([rgb, np.full((len(s), 1), 255)])
+
+
 def test_the_preview_and_a_heatmap_per_step_appear(desktop, lab_url: str) -> None:
+    explained: dict[str, object] = {}  # step -> its last /explain response
+    desktop.on(
+        "response",
+        lambda r: "/explain/" in r.url and explained.update({r.url.rsplit("/", 1)[-1]: r}),
+    )
     draw_with_mouse(desktop, SEVEN)
     answered(desktop, explained=True)
     seen = canvas_pixels(desktop, "#seen")
     assert (seen[:, 0] > 128).sum() > 20  # the 7, light on black
     for step in steps(lab_url):
+        card = f'.card[data-step="{step["slug"]}"]'
         if not step["trained"]:
-            assert desktop.locator(f'.card[data-step="{step["slug"]}"] .heat').count() == 0
+            assert desktop.locator(f"{card} .heat").count() == 0
             continue
-        heat = canvas_pixels(desktop, f'.card[data-step="{step["slug"]}"] .heat canvas')
-        assert heat[:, 3].min() == 255, f"no heatmap painted for {step['slug']}"
-        note = desktop.locator(f'.card[data-step="{step["slug"]}"] .heat .fine').inner_text()
-        assert note.startswith("largest drop")
-        if step["slug"] == FINAL:  # a step that reads the 7 rests on some of its ink
-            coloured = (heat[:, :3].max(1).astype(int) - heat[:, :3].min(1)) > 40
-            assert coloured.sum() > 5, f"the heatmap of {step['slug']} shows nothing"
+        answer = explained[step["slug"]].json()  # type: ignore[attr-defined]
+        # The drawing's map, not the opening example's: its input is what the models saw.
+        assert np.array_equal(np.ravel(answer["input"]), seen[:, 0]), step["slug"]
+        heat = canvas_pixels(desktop, f"{card} .heat canvas").astype(int)
+        assert np.abs(heat - painted_heatmap(answer)).max() <= 1, f"{step['slug']}'s heatmap"
+        largest = np.abs(np.array(answer["sensitivity"])).max()
+        note = desktop.locator(f"{card} .heat .fine").inner_text()
+        assert note == f"largest drop {100 * largest:.0f}\u00a0%", note  # percent(largest, 0)
 
 
-@EXAMPLE_RACE
 def test_a_sample_digit_by_keyboard(desktop) -> None:
     """Every control is reachable by keyboard and named; a sample is chosen with Enter."""
     unnamed = desktop.evaluate(
@@ -266,7 +277,6 @@ def test_a_sample_digit_by_keyboard(desktop) -> None:
 # --- The journey ---------------------------------------------------------------------------
 
 
-@EXAMPLE_RACE
 def test_the_journey_charts_and_mistakes_render(desktop, lab_url: str) -> None:
     listed = steps(lab_url)
     trained = [s for s in listed if s["trained"]]
