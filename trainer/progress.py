@@ -192,7 +192,8 @@ class Overall:
         out: TextIO = sys.stderr,
     ) -> None:
         self.root, self.plan, self.jobs, self.out = root, list(plan), jobs, out
-        self.started_at = datetime.now(UTC)
+        now = datetime.now(UTC)  # to the millisecond, as the files' times are (now_iso)
+        self.started_at = now.replace(microsecond=now.microsecond // 1000 * 1000)
         self.step_started: dict[str, datetime] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -221,10 +222,26 @@ class Overall:
                 seen.append(max(wall - sum(e.seconds for e in f.history[p.done :]), 0.0))
         return sum(seen) / len(seen) if seen else 0.0
 
+    def pace(self, files: dict[str, StepProgress]) -> float:
+        """This run's epochs' seconds over what the plan estimated for them: above 1 when the
+        steps run slower side by side, or beside another program, than their first batches did
+        alone (1.6 in a `make demo` with a core kept busy). The steps still to come are
+        counted at this pace; 1 until an epoch has ended."""
+        planned = taken = 0.0
+        for p in self.plan:
+            f = files.get(p.step)
+            if f is None or p.epoch_seconds is None:
+                continue
+            ran = f.history[p.done :]
+            planned += p.epoch_seconds * len(ran)
+            taken += sum(e.seconds for e in ran)
+        return taken / planned if planned > 0 else 1.0
+
     def line(self, now: datetime | None = None) -> str:
         now = now or datetime.now(UTC)
         files = self.mine()
         extra = self.overhead(files)
+        pace = self.pace(files)
         published = [s for s, f in files.items() if f.state == "published"]
         ended = [f"{s} ({f.state})" for s, f in files.items() if f.state in ("failed", "stopped")]
         epochs = sum(p.epochs for p in self.plan)
@@ -233,13 +250,13 @@ class Overall:
         for p in self.plan:
             f = files.get(p.step)
             if f is None:
-                queued.append(p.seconds_left + extra)
+                queued.append(p.seconds_left * pace + extra)
             elif f.state == "training" and f.epoch == f.epochs and f.fraction == 1.0:
                 since = (now - datetime.fromisoformat(f.updated_at)).total_seconds()
                 running.append(max(extra - since, 0.0))
                 doing.append(f"{p.step} exporting")
             elif f.state == "training":
-                eta = f.eta_seconds if f.eta_seconds is not None else p.seconds_left
+                eta = f.eta_seconds if f.eta_seconds is not None else p.seconds_left * pace
                 running.append(eta + extra)
                 doing.append(f"{p.step} epoch {f.epoch}/{f.epochs} {f.fraction:.0%}")
         left = finish_time(running, queued, self.jobs)

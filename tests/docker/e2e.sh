@@ -238,6 +238,11 @@ walkthrough() { # the docs, start to end, with the Compose implementation $COMPO
   timeout 1500 docker compose --profile cpu run --rm -v "$MNIST_DIR:/data/mnist:ro" -e MNIST_DIR=/data/mnist trainer-cpu \
     </dev/null 2>&1 | tee "$log/folder.log" | grep -E "device:|data:|published|error|Error" || true
   grep -q "device: cpu" "$log/folder.log" || fail "the trainer did not log its device"
+  # The first-run progress, as a user reading `docker compose logs` sees it: the plan with its
+  # estimate first, the overall line at the end.
+  grep -q "plan: " "$log/folder.log" && grep -q "estimate from the first batches" "$log/folder.log" &&
+    grep -Eq "done: [0-9]+/[0-9]+ steps published" "$log/folder.log" ||
+    fail "no plan, estimate or progress line in the trainer's log"
   published "$log/folder.log" gap scheduler
 
   phase "[$COMPOSE_IMPL] a test digit, /predict, a summary"

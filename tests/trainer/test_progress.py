@@ -206,3 +206,15 @@ def test_a_killed_trainer_leaves_a_stale_file(mnist_dir: Path, tmp_path: Path) -
         "takes a core); OMP_WAIT_POLICY=PASSIVE: a waiting thread sleeps instead of spinning on "
         "a shared core"
     ), stderr
+
+
+def test_the_steps_to_come_are_counted_at_the_runs_pace(tmp_path: Path) -> None:
+    """An epoch that took twice the plan's estimate (a busy core) doubles the queued steps'."""
+    plan = [Planned("tiny", 2, 0, 10.0), Planned("gap", 2, 0, 20.0)]
+    overall = Overall(tmp_path, plan, jobs=1)
+    reporter = StepReporter(tmp_path, "tiny", 2, now_iso(), time.perf_counter())
+    reporter.epoch_started(2, [EPOCH.model_copy(update={"seconds": 20.0})])
+    assert overall.pace(overall.mine()) == 2.0
+    line = overall.line()
+    # tiny's second epoch lasts what its first did (20 s); gap's 40 s at twice: 80 s.
+    assert "about 1m40s left" in line or "about 1m39s left" in line, line
