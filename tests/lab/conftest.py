@@ -45,12 +45,13 @@ SCREENSHOTS = Path(os.environ.get("LAB_SCREENSHOTS", ROOT / "build" / "lab-scree
 pytest.importorskip("playwright", reason="the browser tests need the test extra (playwright)")
 
 
-def trainer(out: Path, mnist_dir: Path, *args: str) -> subprocess.Popen[str]:
+def trainer(out: Path, mnist_dir: Path, log: Path, *args: str) -> subprocess.Popen[bytes]:
+    """A trainer run into `out`, its output into `log` (a file: a pipe nobody reads while the
+    other run is waited for could fill and stop it)."""
     command = [sys.executable, "-m", "trainer", "run", "--quiet", "--out", str(out), *args]
     command += ["--data-dir", str(mnist_dir)]
-    return subprocess.Popen(
-        command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
-    )
+    with log.open("wb") as sink:
+        return subprocess.Popen(command, cwd=ROOT, stdout=sink, stderr=subprocess.STDOUT)
 
 
 @pytest.fixture(scope="session")
@@ -63,13 +64,13 @@ def lab_volume(tmp_path_factory: pytest.TempPathFactory, mnist_dir: Path) -> Pat
     middle = ",".join(s for s in STEP_SLUGS if s not in (UNTRAINED, FINAL))
     # Two trainers side by side into the one volume, one process each (--jobs 1): each loads
     # torch and the ONNX exporter once, which costs more than these steps' training here.
+    logs = [out.parent / "middle.log", out.parent / "final.log"]
     runs = [
-        trainer(out, mnist_dir, "--steps", middle, "--limit", "1500", "--epochs", "1", "--jobs", "1"),
-        trainer(out, mnist_dir, "--steps", FINAL, "--limit", "6000", "--epochs", "2", "--jobs", "1"),
+        trainer(out, mnist_dir, logs[0], "--steps", middle, "--limit", "1500", "--epochs", "1", "--jobs", "1"),
+        trainer(out, mnist_dir, logs[1], "--steps", FINAL, "--limit", "6000", "--epochs", "2", "--jobs", "1"),
     ]  # fmt: skip
-    for run in runs:
-        _, errors = run.communicate(timeout=1500)
-        assert run.returncode == 0, errors
+    for run, log in zip(runs, logs, strict=True):
+        assert run.wait(timeout=1500) == 0, log.read_text()[-4000:]
     print(f"\nlab volume trained in {time.perf_counter() - started:.0f} s", file=sys.stderr)
     return out
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+from playwright.sync_api import Response
 
 from service import images
 from tests.lab.conftest import FINAL, SCREENSHOTS, UNTRAINED, open_page
@@ -223,7 +224,7 @@ def painted_heatmap(answer: dict) -> np.ndarray:
 
 
 def test_the_preview_and_a_heatmap_per_step_appear(desktop, lab_url: str) -> None:
-    explained: dict[str, object] = {}  # step -> its last /explain response
+    explained: dict[str, Response] = {}  # step -> its last /explain response
     desktop.on(
         "response",
         lambda r: "/explain/" in r.url and explained.update({r.url.rsplit("/", 1)[-1]: r}),
@@ -237,7 +238,7 @@ def test_the_preview_and_a_heatmap_per_step_appear(desktop, lab_url: str) -> Non
         if not step["trained"]:
             assert desktop.locator(f"{card} .heat").count() == 0
             continue
-        answer = explained[step["slug"]].json()  # type: ignore[attr-defined]
+        answer = explained[step["slug"]].json()
         # The drawing's map, not the opening example's: its input is what the models saw.
         assert np.array_equal(np.ravel(answer["input"]), seen[:, 0]), step["slug"]
         heat = canvas_pixels(desktop, f"{card} .heat canvas").astype(int)
