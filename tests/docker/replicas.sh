@@ -102,4 +102,7 @@ seen="$(for _ in $(seq 40); do curl -fsS --max-time 5 -D - -o /dev/null "$URL/re
 (cd "$tmp" && curl -F file=@digit.png "$URL/predict/scheduler") >"$log/predict-lb.json" || fail "POST /predict/scheduler through nginx failed"
 check_prediction "$log/predict-lb.json" scheduler 7
 echo "scaled to 5 replicas, all healthy and reached through nginx"
-rcompose stop --timeout 30 lb replica >/dev/null 2>&1
+# The docs' way back to the single service (`--profile cpu down` later would leave these two).
+docker compose -f docker-compose.yml -f docker-compose.replicas.yml rm --stop --force lb replica
+[[ -z "$(rcompose ps -a -q lb replica)" ]] || fail "the docs' rm left the replicas or nginx"
+docker compose up -d service

@@ -257,7 +257,7 @@ def test_readme_compose_commands_name_real_services_and_profiles() -> None:
     assert "docker compose up -d service" in commands
     for command in commands:
         words = command.split()
-        verbs = {"up", "run", "build", "ps", "down", "logs", "stop", "config"}
+        verbs = {"up", "run", "build", "ps", "down", "logs", "stop", "rm", "config"}
         verb = next((w for w in words if w in verbs), None)
         assert verb, command
         before, after = words[: words.index(verb)], words[words.index(verb) + 1 :]

@@ -6,10 +6,12 @@ from __future__ import annotations
 from urllib.parse import urlsplit
 
 import httpx
+import pytest
 
 from tests.lab.conftest import Problems
 
 
+@pytest.mark.slow  # drives a browser
 def test_the_api_docs_work_offline(browser, empty_url: str) -> None:
     service = urlsplit(empty_url).netloc
     refused: list[str] = []

@@ -18,6 +18,8 @@ from tests.volume_fixtures import fake_metrics, fake_samples, fake_summary
 from trainer.cli import main, sample_digit_png
 from volume import publish
 
+pytestmark = pytest.mark.slow  # runs the trainer's command in a process
+
 
 @pytest.fixture
 def volume(tmp_path: Path) -> Path:

@@ -370,6 +370,7 @@ def test_graphs_flag(mode: str, device: str, expected: bool) -> None:
     assert use_cuda_graphs(mode, torch.device(device)) is expected
 
 
+@pytest.mark.slow  # starts a process
 def test_graphs_on_without_a_gpu_is_a_clear_error() -> None:
     result = trainer_cli("run", "--steps", "gap", "--device", "cpu", "--graphs", "on")
     assert result.returncode != 0

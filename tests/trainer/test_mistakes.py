@@ -19,6 +19,8 @@ from trainer.steps import get_step
 from trainer.train import fit
 from volume import MAX_MISTAKES, read_current
 
+pytestmark = pytest.mark.slow  # trains `gap` and exports it
+
 
 @pytest.fixture(scope="module")
 def mnist(mnist_dir: Path) -> MNIST:

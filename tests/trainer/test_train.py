@@ -141,6 +141,7 @@ def test_onecycle_runs_to_its_end_however_short(
     assert all(0 < rate <= recipe.lr for rate in rates)
 
 
+@pytest.mark.slow  # starts a process
 def test_summary_command_prints_the_seed_table() -> None:
     result = trainer_cli("summary", "setup")
     assert result.returncode == 0
@@ -148,6 +149,7 @@ def test_summary_command_prints_the_seed_table() -> None:
     assert "            Conv2d-1           [-1, 32, 26, 26]             320" in result.stdout
 
 
+@pytest.mark.slow  # starts a process
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -172,12 +174,14 @@ def test_bad_input_is_one_clear_line(args: list[str], message: str, tmp_path: Pa
     assert list(tmp_path.iterdir()) == []  # nothing half-written
 
 
+@pytest.mark.slow  # starts a process
 def test_export_without_a_checkpoint_says_to_train(mnist_dir: Path, tmp_path: Path) -> None:
     result = trainer_cli("export", "gap", "--data-dir", str(mnist_dir), "--out", str(tmp_path))
     assert result.returncode == 2
     assert "train it first with `python -m trainer run --steps gap`" in result.stderr
 
 
+@pytest.mark.slow  # starts a process
 def test_metrics_json_is_plain_json(mnist_dir: Path, tmp_path: Path) -> None:
     """The published metrics are readable without this project's code."""
     result = trainer_cli(
