@@ -50,7 +50,7 @@ def test_onnx_matches_pytorch_on_real_images(slug: str, mnist: MNIST) -> None:
     np.testing.assert_allclose(probs, expected, atol=export.ATOL)
 
 
-@pytest.mark.slow  # starts a process
+@pytest.mark.slow  # exports to ONNX twice
 def test_a_mismatching_export_publishes_nothing(
     mnist: MNIST, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
