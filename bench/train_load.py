@@ -1,8 +1,9 @@
-"""Training under load: an epoch's seconds with the trainer's thread policy and with the old
-default, quiet and with one core kept busy, and all steps with --jobs against one at a time.
+"""Training under load: an epoch's seconds with the trainer's thread policy and with others,
+quiet and with one core kept busy, and all steps with --jobs against one at a time.
 
     python bench/train_load.py [--data-dir DIR] [--rounds 2] [--limit 5000] [--heavy-limit 1024]
-                               [--jobs-limit 5000] [--jobs-steps all]
+                               [--jobs-limit 5000] [--jobs-steps all] [--spincounts N,N]
+                               [--no-jobs]
 
 Part 1, in turns, `--rounds` times: for each of quiet and loaded (a child process of this
 script spinning on one core, started before and stopped after the loaded turn), each step
@@ -10,19 +11,23 @@ script spinning on one core, started before and stopped after the loaded turn), 
 and each policy, one epoch (training and the test pass, as ``fit()`` runs them) in a fresh
 process, so that OpenMP starts with that policy's settings:
 
-- chosen: what ``python -m trainer run`` does for one job on this machine
-  (``trainer.threads``: one thread, OMP_WAIT_POLICY=PASSIVE);
-- old default: PyTorch's own (a thread per core, OpenMP's spinning wait), what the trainer
-  did before;
-- passive per core: a thread per core with the chosen policy's wait.
+- chosen: what ``python -m trainer run`` does for one step alone on this machine
+  (``trainer.threads``: a thread per free core, seen at the start, GOMP_SPINCOUNT=1000);
+- 1 thread: one thread (how it waits does not matter: it has no other to wait for), what the
+  trainer chose for a job until 2026-12-06;
+- old default: PyTorch's own (a thread per core, OpenMP's spinning wait);
+- spin N per core, for each N of --spincounts: a thread per core, GOMP_SPINCOUNT=N (a waiting
+  thread spins N times before it sleeps; libgomp's default is 300,000).
 
 Per step and policy it prints the median quiet and loaded seconds and their ratio; a busy core
 takes half of a 2-core machine, so a ratio up to 2.2 is the target (issue 28), and the chosen
 policy's quiet time within 5 % of the fastest policy's.
 
-Part 2, quiet, in turns: ``python -m trainer run --steps all --epochs 1 --limit N --quiet``
-with ``--jobs 1`` and with the default (a job per core), each into a fresh volume; the wall
-time of each whole command and their ratio (target >= 1.6 on 2 cores).
+Part 2 (not with --no-jobs), quiet, in turns: ``python -m trainer run --steps all --epochs 1
+--limit N --quiet`` one step at a time on one core (``--jobs 1 --threads 1``), one step at a
+time on every core (``--jobs 1``) and with the default (a job per core), each into a fresh
+volume; the wall time of each whole command and the ratios to the default (target >= 1.6 on 2
+cores against one job on one core).
 
 The load average is printed before and after: the machine may be shared. The last line is
 ``ratio: X.XX``, the chosen policy's worst loaded/quiet ratio.
@@ -46,7 +51,7 @@ sys.path.insert(0, str(ROOT))
 
 from trainer import threads  # noqa: E402  (imports no torch)
 
-POLICIES = ("chosen", "old default", "passive per core")
+POLICIES = ("chosen", "1 thread", "old default")
 STEPS = ("scheduler", "skeleton")
 TARGET_RATIO = 2.2  # a busy core is half of a 2-core machine; a little beyond, for noise
 TARGET_QUIET = 0.05  # the chosen policy's quiet epoch within this of the fastest policy's
@@ -57,17 +62,23 @@ EPOCH_MODE = "--epoch"
 
 
 def policy_env(policy: str) -> tuple[dict[str, str], int]:
-    """The environment and thread count of a policy's process."""
+    """The environment and thread count of a policy's process: one of POLICIES, or
+    ``spin N per core`` (a thread per core, GOMP_SPINCOUNT=N: a waiting thread spins N times
+    before it sleeps)."""
     chosen_by_user = (*threads.WAIT_VARIABLES, *threads.THREAD_VARIABLES)
     env = {k: v for k, v in os.environ.items() if k not in chosen_by_user}
     env["PYTHONPATH"] = str(ROOT)
     cores = threads.cpu_cores()
     if policy == "old default":
         return env, cores  # torch's default: a thread per core; OpenMP's default wait
-    threads.prepare_openmp(env)
-    if policy == "passive per core":
+    if policy.startswith("spin "):
+        env["GOMP_SPINCOUNT"] = policy.split()[1]
         return env, cores
-    count = threads.choose(cores, 1, "cpu", 1, environ=env).threads
+    threads.prepare_openmp(env)
+    if policy == "1 thread":
+        return env, 1
+    # As the trainer does: the cores other programs keep busy now (the busy turn's child too).
+    count = threads.choose(cores, 1, "cpu", 1, environ=env, busy=threads.busy_cores()).threads
     return env, count
 
 
@@ -124,13 +135,13 @@ def load() -> str:
     return f"load average {one:.2f} (1 min), {five:.2f} (5 min)"
 
 
-def trainer_wall(jobs: int | None, steps: str, limit: int, data_dir: Path) -> float:
-    """Wall seconds of one whole ``python -m trainer run`` into a fresh volume."""
+def trainer_wall(flags: list[str], steps: str, limit: int, data_dir: Path) -> float:
+    """Wall seconds of one whole ``python -m trainer run FLAGS`` into a fresh volume."""
     with tempfile.TemporaryDirectory(prefix="train-load-") as out:
         argv = [sys.executable, "-m", "trainer", "run", "--steps", steps, "--epochs", "1"]
         argv += ["--limit", str(limit), "--quiet", "--fresh", "--out", out]
         argv += ["--data-dir", str(data_dir), "--device", "cpu"]
-        argv += ["--jobs", str(jobs)] if jobs is not None else []
+        argv += flags
         env = {k: v for k, v in os.environ.items() if k not in threads.THREAD_VARIABLES}
         env["PYTHONPATH"] = str(ROOT)
         start = time.perf_counter()
@@ -152,12 +163,17 @@ def main() -> None:
     parser.add_argument("--heavy-limit", type=int, default=1024, help="of `skeleton`'s epoch")
     parser.add_argument("--jobs-limit", type=int, default=5000, help="images, part 2")
     parser.add_argument("--jobs-steps", default="all", help="the steps of part 2")
+    parser.add_argument("--no-jobs", action="store_true", help="part 1 only")
+    parser.add_argument(
+        "--spincounts", default="", help="also `spin N per core` for each N (e.g. 1000,100000)"
+    )
     args = parser.parse_args()
     limits = {"scheduler": args.limit, "skeleton": args.heavy_limit}
+    policies = [*POLICIES, *(f"spin {n} per core" for n in args.spincounts.split(",") if n)]
     cores = threads.cpu_cores()
-    chosen = threads.choose(cores, 1, "cpu", 1, environ={})
-    print(f"{cores} cores; chosen for one job: {chosen.threads} thread(s), "
-          f"OMP_WAIT_POLICY={threads.WAIT_POLICY}; {load()}")  # fmt: skip
+    env, count = policy_env("chosen")
+    wait = ", ".join(f"{k}={env[k]}" for k in threads.WAIT_VARIABLES if k in env)
+    print(f"{cores} cores; chosen for one job: {count} thread(s), {wait}; {load()}")
 
     seconds: dict[tuple[str, str, bool], list[float]] = {}
     for turn in range(args.rounds):
@@ -165,7 +181,8 @@ def main() -> None:
             with busy_core(loaded):
                 for step in STEPS:
                     # Each turn starts with another policy: none always goes first.
-                    order = POLICIES[turn % 3 :] + POLICIES[: turn % 3]
+                    first = turn % len(policies)
+                    order = policies[first:] + policies[:first]
                     for policy in order:
                         s = timed_epoch(step, limits[step], policy, args.data_dir)
                         seconds.setdefault((step, policy, loaded), []).append(s)
@@ -177,7 +194,7 @@ def main() -> None:
     ratios: dict[tuple[str, str], float] = {}
     quiet: dict[tuple[str, str], float] = {}
     for step in STEPS:
-        for policy in POLICIES:
+        for policy in policies:
             q = statistics.median(seconds[step, policy, False])
             busy = statistics.median(seconds[step, policy, True])
             ratios[step, policy], quiet[step, policy] = busy / q, q
@@ -185,29 +202,46 @@ def main() -> None:
                   f"{busy / q:.2f} |")  # fmt: skip
     checks = []
     for step in STEPS:
-        fastest = min(quiet[step, p] for p in POLICIES)
+        fastest = min(quiet[step, p] for p in policies)
         behind = quiet[step, "chosen"] / fastest - 1
         checks.append(
             f"`{step}`: chosen busy/quiet {ratios[step, 'chosen']:.2f} (target <= {TARGET_RATIO}), "
             f"quiet {behind:+.1%} against the fastest policy (target <= {TARGET_QUIET:.0%})"
         )
     print(*checks, sep="\n")
-
-    walls: dict[str, list[float]] = {"1 job": [], "default": []}
-    for turn in range(args.rounds):
-        for name in ("1 job", "default") if turn % 2 == 0 else ("default", "1 job"):
-            jobs = 1 if name == "1 job" else None
-            walls[name].append(trainer_wall(jobs, args.jobs_steps, args.jobs_limit, args.data_dir))
-    one, default = statistics.median(walls["1 job"]), statistics.median(walls["default"])
-    from trainer.cli import parse_steps
-
-    jobs_default = threads.choose(cores, len(parse_steps(args.jobs_steps)), "cpu", environ={}).jobs
-    print(f"\n`python -m trainer run --steps {args.jobs_steps} --epochs 1 --limit "
-          f"{args.jobs_limit} --quiet`, quiet, median of {args.rounds}: --jobs 1 {one:.1f} s, "
-          f"the default ({jobs_default} jobs) {default:.1f} s: {one / default:.2f}x "
-          f"(target >= {TARGET_JOBS} on 2 cores)")  # fmt: skip
+    if not args.no_jobs:
+        compare_jobs(args, cores)
     print(load())
     print(f"ratio: {max(ratios[step, 'chosen'] for step in STEPS):.2f}")
+
+
+# Part 2's runs: one step at a time on one core, one step at a time on every core (a thread
+# per core), and the default (a job per core).
+RUNS = {"--jobs 1 --threads 1": ["--jobs", "1", "--threads", "1"], "--jobs 1": ["--jobs", "1"]}
+
+
+def compare_jobs(args: argparse.Namespace, cores: int) -> None:
+    """Part 2: the whole trainer over --jobs-steps, one step at a time and with the default."""
+    runs = {**RUNS, "the default": []}
+    walls: dict[str, list[float]] = {name: [] for name in runs}
+    for turn in range(args.rounds):
+        names = list(runs)
+        for name in names[turn % len(names) :] + names[: turn % len(names)]:
+            walls[name].append(
+                trainer_wall(runs[name], args.jobs_steps, args.jobs_limit, args.data_dir)
+            )
+    median = {name: statistics.median(w) for name, w in walls.items()}
+    from trainer.cli import parse_steps
+
+    steps = len(parse_steps(args.jobs_steps))
+    default = threads.choose(cores, steps, "cpu", environ={})
+    print(f"\n`python -m trainer run --steps {args.jobs_steps} --epochs 1 --limit "
+          f"{args.jobs_limit} --quiet`, quiet, median of {args.rounds}:")  # fmt: skip
+    for name in RUNS:
+        print(f"- {name}: {median[name]:.1f} s; the default ({default.jobs} jobs x "
+              f"{default.threads} thread{'s' * (default.threads != 1)}) "
+              f"{median['the default']:.1f} s: {median[name] / median['the default']:.2f}x "
+              f"(target >= {TARGET_JOBS} on 2 cores against one job on one core)")  # fmt: skip
 
 
 if __name__ == "__main__":

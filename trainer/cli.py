@@ -23,8 +23,9 @@ import platform
 import shlex
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, fields, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -35,7 +36,8 @@ import torch
 from trainer import threads
 from trainer.data import MNIST, DataError, Split, load_mnist
 from trainer.export import ExportError, export_and_publish, load_checkpoint, save_checkpoint
-from trainer.jobs import run_jobs
+from trainer.jobs import claimed, run_workers
+from trainer.jobs import heading as step_heading
 from trainer.plan import plan_lines, time_first_batches
 from trainer.progress import EpochEstimate, Overall, Planned, StepReporter, finish_time
 from trainer.resume import (
@@ -71,12 +73,13 @@ from volume.versions import (
 )
 
 
-def parse_steps(text: str) -> list[str]:
-    """``all`` or a comma-separated list of slugs or numbers, in the seed's order."""
+def parse_steps(text: str, as_given: bool = False) -> list[str]:
+    """``all`` or a comma-separated list of slugs or numbers, in the seed's order (`as_given`:
+    in the order given, as a --jobs worker takes them)."""
     if text.strip().lower() == "all":
         return list(STEP_SLUGS)
-    chosen = {resolve_step(part) for part in text.split(",") if part.strip()}
-    return [s for s in STEP_SLUGS if s in chosen]
+    chosen = [resolve_step(part) for part in text.split(",") if part.strip()]
+    return list(dict.fromkeys(chosen)) if as_given else [s for s in STEP_SLUGS if s in chosen]
 
 
 def step_at_index(index: int) -> list[str]:
@@ -222,12 +225,14 @@ class Todo:
 
 
 def heading(slug: str) -> str:
-    return f"== {get_step(slug).info.number}. {slug}"
+    return step_heading(get_step(slug).info.number, slug)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     steps = (
-        step_at_index(args.step_index) if args.step_index is not None else parse_steps(args.steps)
+        step_at_index(args.step_index)
+        if args.step_index is not None
+        else parse_steps(args.steps, as_given=args.claims is not None)
     )
     overrides = parse_overrides(args.set)
     device, device_words = pick_device(args.device)
@@ -253,10 +258,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         state = load_state(args.out, wanted) if args.resume else None
         todo.append(Todo(slug, recipe, wanted, state))
 
-    choice = threads.choose(cpu_cores(), len(todo), device.type, args.jobs, args.threads)
+    # A fifth of a second to see which cores other programs keep busy (a worker is told).
+    busy = threads.busy_cores() if args.threads is None and not args.as_job else 0.0
+    choice = threads.choose(cpu_cores(), len(todo), device.type, args.jobs, args.threads, busy=busy)
     torch.set_num_threads(choice.threads)
-    if args.as_job:  # one step of a --jobs run: the parent said all of this
-        return train_steps(args, todo, train, test, mnist, device, graphs, {}, None)
+    if args.as_job:  # a worker of a --jobs run: the parent said all of this
+        mine = todo if args.claims is None else claimed(todo, args.claims, lambda t: t.slug)
+        return train_steps(args, mine, train, test, mnist, device, graphs, {}, None)
     say(f"threads: {choice.why}")
     say(f"device: {device_words}")
     say(f"data: {mnist.source} ({len(train)} train, {len(test)} test images)")
@@ -293,13 +301,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         if choice.jobs == 1:
             code = train_steps(args, todo, train, test, mnist, device, graphs, estimates, overall)
         else:
-            commands = [(t.slug, job_command(args, t.slug, choice.threads)) for t in todo]
-            codes = run_jobs(commands, choice.jobs, on_start=overall.started)
-            failed = {s: c for s, c in codes.items() if c != 0}
-            for slug, status in failed.items():
-                say(f"error: {slug}: its job exited with status {status} (its lines above say "
-                    "why)")  # fmt: skip
-            code = 2 if failed else 0
+            code = train_in_workers(args, [t.slug for t in todo], choice, overall)
     finally:
         overall.stop()
     say(overall.done_line(total))
@@ -310,9 +312,31 @@ def say(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
-def job_command(args: argparse.Namespace, slug: str, threads_each: int) -> list[str]:
-    """The ``python -m trainer run`` of one step of a --jobs run: this run's arguments."""
-    argv = [sys.executable, "-m", "trainer", "run", "--steps", slug, "--as-job"]
+def train_in_workers(
+    args: argparse.Namespace, steps: list[str], choice: threads.Threads, overall: Overall
+) -> int:
+    """Train `steps` (the longest first) in `choice.jobs` worker processes that take them in
+    turn; 0 when every step was trained, else 2 (the workers' lines say why)."""
+    with tempfile.TemporaryDirectory(prefix="trainer-claims-") as claims:
+        argv = worker_command(args, steps, choice.threads, Path(claims))
+        codes = run_workers(argv, choice.jobs, steps, on_start=overall.started)
+        taken = {p.name for p in Path(claims).iterdir()}
+    for n, status in enumerate(codes, start=1):
+        if status != 0:
+            say(f"error: job {n} exited with status {status} (its lines above say why)")
+    never = [s for s in steps if s not in taken]
+    if never:
+        say(f"error: not trained, every job stopped first: {', '.join(never)}")
+    return 2 if never or any(codes) else 0
+
+
+def worker_command(
+    args: argparse.Namespace, steps: list[str], threads_each: int, claims: Path
+) -> list[str]:
+    """The ``python -m trainer run`` of a worker of a --jobs run: this run's arguments, its
+    steps in the order to take them and the folder of their claims."""
+    argv = [sys.executable, "-m", "trainer", "run", "--steps", ",".join(steps), "--as-job"]
+    argv += ["--claims", str(claims)]
     argv += ["--jobs", "1", "--threads", str(threads_each), "--device", args.device]
     argv += ["--graphs", args.graphs, "--out", str(args.out), "--keep", str(args.keep)]
     argv += ["--resume" if args.resume else "--fresh"]
@@ -324,9 +348,30 @@ def job_command(args: argparse.Namespace, slug: str, threads_each: int) -> list[
     return argv + (["--quiet"] if args.quiet else [])
 
 
+def shlex_command(argv: list[str] | None = None) -> str:
+    """This process's command line, as its artifacts record it."""
+    return "python -m trainer " + shlex.join(sys.argv[1:] if argv is None else argv)
+
+
+def step_command(argv: list[str], slug: str) -> str:
+    """What a --jobs worker records for `slug`: its command for that step alone, without the
+    worker's claims (a temporary folder), so that it trains the step again as it is."""
+    alone: list[str] = []
+    it = iter(argv)
+    for arg in it:
+        if arg == "--steps":
+            alone += [arg, slug]
+            next(it, None)
+        elif arg == "--claims":
+            next(it, None)
+        elif arg != "--as-job":
+            alone.append(arg)
+    return shlex_command(alone)
+
+
 def train_steps(
     args: argparse.Namespace,
-    todo: list[Todo],
+    todo: Iterable[Todo],
     train: Split,
     test: Split,
     mnist: MNIST,
@@ -335,8 +380,8 @@ def train_steps(
     estimates: dict[str, EpochEstimate],
     overall: Overall | None,
 ) -> int:
-    """Train, export and publish each step of `todo` in this process, one after another."""
-    command = "python -m trainer " + shlex.join(sys.argv[1:])
+    """Train, export and publish each step of `todo` in this process, one after another (a
+    --jobs worker's `todo` claims each step as it comes to it)."""
     versions, commit = software_versions(), git_commit()
     for t in todo:
         slug, recipe, wanted, state = t.slug, t.recipe, t.wanted, t.state
@@ -363,7 +408,7 @@ def train_steps(
                 resume=state, save=save, cuda_graphs=graphs, watch=reporter,
             )  # fmt: skip
             provenance = Provenance(
-                command=command,
+                command=step_command(sys.argv[1:], slug) if args.claims else shlex_command(),
                 seed=recipe.seed,
                 device=str(device) if device.type == "cpu" else torch.cuda.get_device_name(0),
                 versions=versions,
@@ -592,6 +637,8 @@ def build_parser() -> argparse.ArgumentParser:
         "by the jobs)",
     )
     run.add_argument("--as-job", action="store_true", help=argparse.SUPPRESS)  # one of --jobs
+    # A --jobs worker's claims: it takes the steps in the order given, each no other has taken.
+    run.add_argument("--claims", type=Path, default=None, help=argparse.SUPPRESS)
     run.add_argument(
         "--quiet",
         action="store_true",

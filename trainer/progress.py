@@ -179,7 +179,7 @@ def finish_time(running: Sequence[float], queued: Sequence[float], jobs: int) ->
 class Overall:
     """The run's progress line, from the volume's progress files and the plan.
 
-    Besides its epochs a step takes time to start (a --jobs process), to save its state after
+    Besides its epochs a step takes time to build its model, to save its state after
     each epoch, to test the raw weights of an averaged recipe and to export: its overhead,
     learnt from the steps this run has published (wall time from its start to its publishing,
     less its epochs) and counted for each step still to come; 0 until one is published."""

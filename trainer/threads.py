@@ -3,47 +3,115 @@
 program takes a core.
 
 PyTorch's CPU kernels run on OpenMP (libgomp) threads. Between two parallel regions an idle
-libgomp thread spins for a while before it sleeps, waiting for the next region; with a core of
-the machine taken by another program, two threads of ours share one core, each spinning in its
-time slice while the other holds the work it waits for, and an epoch of the small steps took
-2.6-8x as long as with the machine quiet (issue 28; ``bench/train_load.py`` measures it).
-``OMP_WAIT_POLICY=PASSIVE`` makes a waiting thread sleep at once; libgomp reads it only when it
-loads, with ``import torch``, so ``prepare_openmp()`` runs first, in ``trainer/__main__.py``
-(this module imports no torch), and only where the user has set neither that nor
-``GOMP_SPINCOUNT``. The thread count is set after the import (``torch.set_num_threads``).
+libgomp thread spins before it sleeps (300,000 times by default), waiting for the next region;
+with a core of the machine taken by another program, two threads of ours share one core, each
+spinning in its time slice while the other holds the work it waits for, and an epoch of the
+small steps took 2.6-8x as long as with the machine quiet (issue 28; ``bench/train_load.py``
+measures it). ``GOMP_SPINCOUNT=1000`` makes a waiting thread sleep after a few microseconds;
+libgomp reads it only when it loads, with ``import torch``, so ``prepare_openmp()`` runs first,
+in ``trainer/__main__.py`` (this module imports no torch), and only where the user has set
+neither that nor ``OMP_WAIT_POLICY``. The thread count is set after the import
+(``torch.set_num_threads``).
 
-On a CPU the trainer runs as many steps side by side as it has cores (one process each, one
-thread each): every core is used, and threads of one process never wait for each other on a
-shared core. A CUDA run trains one step at a time (the GPU is shared).
+Even so, two threads on a shared core wait for each other at every region, so the thread count
+follows the cores that are free when the run starts: ``busy_cores()`` reads how much of this
+process's cores other programs used over a fifth of a second. On a CPU the trainer runs as many
+steps side by side as it has cores (a worker process each, ``trainer/jobs.py``), and the free
+cores are shared among them: with a step for every core each computes with one thread, and a
+step alone gets every free core. A CUDA run trains one step at a time (the GPU is shared) with
+every free core. The thread count changes the order of floating-point sums, so a run that must
+repeat another to the last digit gives ``--threads`` (the reports' runs: ``--threads 1``).
 """
 
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 # What a user may set to choose for themselves; any of them set wins over the policy.
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
 WAIT_VARIABLES = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
-WAIT_POLICY = "PASSIVE"  # bench/train_load.py: the spinning default collapses with a busy core
+# bench/train_load.py (docs/performance.md), `scheduler` on 2 cores with 2 threads: quiet,
+# 1,000 spins ran an epoch within 3-6 % of the default's 300,000, where OMP_WAIT_POLICY=PASSIVE
+# was 23-52 % slower; with a core busy, 2.2-2.4x the quiet time against the default's 2.6x (9x
+# at 100,000 spins).
+SPIN_COUNT = "1000"
 
 _set_here: dict[str, str] = {}  # what prepare_openmp() set, to tell it from the user's own
 
 
 def prepare_openmp(environ: os._Environ[str] | dict[str, str] = os.environ) -> None:
-    """Set the OpenMP wait policy, unless the user set one; call before ``import torch``."""
+    """Set libgomp's spin count, unless the user chose a wait; call before ``import torch``."""
     if not any(environ.get(name) for name in WAIT_VARIABLES):
-        environ["OMP_WAIT_POLICY"] = WAIT_POLICY
-        _set_here["OMP_WAIT_POLICY"] = WAIT_POLICY
+        environ["GOMP_SPINCOUNT"] = SPIN_COUNT
+        _set_here["GOMP_SPINCOUNT"] = SPIN_COUNT
 
 
-def cpu_cores() -> int:
-    """The cores this process may run on (a container's CPU set, not the host's count)."""
+def cpu_cores(cgroup: Path = Path("/sys/fs/cgroup")) -> int:
+    """The cores this process may run on: its CPU set (a container's, not the host's count),
+    fewer where a CPU quota caps it (``docker run --cpus``, a Kubernetes CPU limit)."""
     try:
-        return len(os.sched_getaffinity(0))
+        cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
-        return os.cpu_count() or 1
+        cores = os.cpu_count() or 1
+    quota = cpu_quota(cgroup)
+    return max(1, min(cores, quota)) if quota is not None else cores
+
+
+def cpu_quota(cgroup: Path) -> int | None:
+    """The CPU quota of this process's cgroup in whole cores, rounded up (None: no quota):
+    cgroup v2's ``cpu.max`` ("200000 100000": 2 cores) or v1's ``cpu.cfs_quota_us`` and
+    ``cpu.cfs_period_us``."""
+    try:
+        quota, period = (cgroup / "cpu.max").read_text().split()[:2]
+    except (OSError, ValueError):
+        try:
+            quota = (cgroup / "cpu" / "cpu.cfs_quota_us").read_text().strip()
+            period = (cgroup / "cpu" / "cpu.cfs_period_us").read_text().strip()
+        except OSError:
+            return None
+    try:
+        q, p = int(quota), int(period)
+    except ValueError:  # "max": no quota
+        return None
+    return -(-q // p) if q > 0 and p > 0 else None
+
+
+def busy_cores(
+    seconds: float = 0.2, stat: Path = Path("/proc/stat"), cores: set[int] | None = None
+) -> float:
+    """How many of this process's cores other programs kept busy over the next `seconds`,
+    from the kernel's per-CPU counters (0.0 where they cannot be read). Call it while this
+    process itself is idle."""
+    if cores is None:
+        try:
+            cores = os.sched_getaffinity(0)
+        except AttributeError:  # not Linux
+            return 0.0
+
+    def sample() -> tuple[int, int]:  # (busy, total) jiffies summed over `cores`
+        busy = total = 0
+        for line in stat.read_text().splitlines():
+            name, *fields = line.split()
+            if not name.startswith("cpu") or not name[3:].isdigit() or int(name[3:]) not in cores:
+                continue
+            values = [int(v) for v in fields[:8]]  # user nice system idle iowait irq softirq steal
+            total += sum(values)
+            busy += sum(values) - values[3] - values[4]  # less idle and iowait
+        return busy, total
+
+    try:
+        busy0, total0 = sample()
+        time.sleep(seconds)
+        busy1, total1 = sample()
+    except (OSError, ValueError, IndexError):
+        return 0.0
+    if total1 <= total0:
+        return 0.0
+    return len(cores) * (busy1 - busy0) / (total1 - total0)
 
 
 @dataclass(frozen=True)
@@ -60,7 +128,7 @@ def wait_policy(environ: Mapping[str, str]) -> str:
     for name in WAIT_VARIABLES:
         value = environ.get(name)
         if value and _set_here.get(name) == value:
-            return f"{name}={value}: a waiting thread sleeps instead of spinning on a shared core"
+            return f"{name}={value}: a waiting thread sleeps after a few microseconds"
         if value:
             return f"{name}={value}, as set"
     return "OpenMP's default wait policy (the trainer was not started by `python -m trainer`)"
@@ -73,10 +141,12 @@ def choose(
     jobs: int | None = None,
     threads: int | None = None,
     environ: Mapping[str, str] = os.environ,
+    busy: float = 0.0,
 ) -> Threads:
-    """The jobs and threads for `steps` steps on `cores` cores: ``--jobs`` and ``--threads``
-    (or ``OMP_NUM_THREADS``/``MKL_NUM_THREADS``) when given, else every core used: on a CPU as
-    many jobs as cores (at most one a step), one thread each; on CUDA one job with the cores."""
+    """The jobs and threads for `steps` steps on `cores` cores, `busy` of them kept busy by
+    other programs (``busy_cores()``): ``--jobs`` and ``--threads`` (or
+    ``OMP_NUM_THREADS``/``MKL_NUM_THREADS``) when given, else every core used: on a CPU as many
+    jobs as cores (at most one a step), on CUDA one job; the free cores shared among them."""
     reasons = []
     if jobs is not None:
         reasons.append(f"--jobs {jobs}")
@@ -96,16 +166,17 @@ def choose(
         if name is not None:
             threads = _count(environ[name])
             reasons.append(f"{name}={environ[name]}")
-        elif device == "cuda":
-            threads = max(1, cores // jobs)
-            reasons.append(f"{cores} cores shared by {jobs} job{'s' * (jobs != 1)}")
         else:
-            # bench/train_load.py, `scheduler` and `skeleton` with one core kept busy: one
-            # thread a job held (2.41x and 0.65x its quiet time), two passive threads did not
-            # (4.70x and 1.08x), for 10-28 % more time on a quiet machine. The other cores go to
-            # the other jobs.
-            threads = 1
-            reasons.append("one thread a job: it holds when another program takes a core")
+            # bench/train_load.py (docs/performance.md), `scheduler` alone on 2 cores: quiet,
+            # one thread was 40-50 % slower than two; with a core busy, two threads took
+            # 8.0-8.6 s an epoch under every wait policy and one thread 4.5-5.3 s. Jobs stay a
+            # core each: two jobs beside a busy core still share two cores, not one.
+            taken = min(int(busy + 0.5), cores - 1)
+            threads = max(1, (cores - taken) // jobs)
+            reasons.append(
+                f"{cores} core{'s' * (cores != 1)} shared by {jobs} job{'s' * (jobs != 1)}"
+                + (f", {taken} of them busy with other programs" if taken else "")
+            )
     assert threads is not None
     per = f"{jobs} job{'s' * (jobs != 1)} x {threads} thread{'s' * (threads != 1)}"
     return Threads(jobs, threads, f"{per} ({'; '.join(reasons)}); {wait_policy(environ)}")

@@ -1,5 +1,5 @@
-"""Steps side by side (``--jobs``) into one volume, and resuming by default through the
-Makefile's own command lines."""
+"""Steps side by side (``--jobs``: workers that claim steps in turn) into one volume, and
+resuming by default through the Makefile's own command lines."""
 
 from __future__ import annotations
 
@@ -8,13 +8,16 @@ import re
 import shlex
 import subprocess
 import sys
+import textwrap
+from io import StringIO
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import ROOT
-from trainer.cli import build_parser
-from volume import read_index
+from trainer.cli import build_parser, parse_steps
+from trainer.jobs import run_workers
+from volume import read_index, read_version
 from volume.progress import read_progress
 
 STEPS = ("tiny", "gap", "dropout")  # three steps on two jobs: one waits for a free job
@@ -47,10 +50,81 @@ def test_jobs_publish_every_step_once_into_one_volume(mnist_dir: Path, tmp_path:
         assert any(re.match(rf"{prefix}{step} epoch  1: train loss", x) for x in lines), lines
         published = [x for x in lines if re.match(rf"{prefix}published {step} ", x)]
         assert len(published) == 1, lines
+    for step in STEPS:  # each records the command that trains it alone, not its worker's
+        command = read_version(tmp_path, step, index.steps[step]).metrics.provenance.command
+        assert f"--steps {step} " in command and "--claims" not in command, command
+        assert "--as-job" not in command, command
     progress = read_progress(tmp_path)
     assert {s: p.state for s, p in progress.items()} == dict.fromkeys(STEPS, "published")
     assert {s: p.version for s, p in progress.items()} == {s: index.steps[s].version for s in STEPS}
     assert lines[-1].startswith("done: 3/3 steps published in "), lines[-1]
+
+
+# A stand-in worker: takes the steps of argv[1] in order through the trainer's own claims in
+# argv[2], prints each one's heading and a line, and exits with argv[3] after its first step.
+FAKE_WORKER = textwrap.dedent("""
+    import sys, time
+    from pathlib import Path
+    from trainer.jobs import claimed, heading
+    print("worker up")
+    for n, step in enumerate(claimed(sys.argv[1].split(","), Path(sys.argv[2]), str)):
+        print(heading(n + 1, step) + ": 10 params")
+        time.sleep(0.05)
+        print(f"published {step}")
+        if sys.argv[3] != "0":
+            sys.exit(int(sys.argv[3]))
+""")
+
+
+@pytest.mark.parametrize(
+    ("steps", "jobs", "status", "trained"),
+    [
+        (["a", "b", "c", "d", "e"], 2, 0, 5),  # more steps than workers: each takes several
+        (["a"], 3, 0, 1),  # more workers than steps: the idle ones exit at once, 0
+        (["a", "b", "c", "d", "e"], 2, 3, 2),  # a failing worker stops after its first step
+    ],
+)
+def test_workers_take_each_step_once_and_prefix_its_lines(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, steps: list[str], jobs: int, status: int,
+    trained: int,
+) -> None:  # fmt: skip
+    monkeypatch.setenv("PYTHONPATH", str(ROOT))
+    argv = [sys.executable, "-c", FAKE_WORKER, ",".join(steps), str(tmp_path), str(status)]
+    out = StringIO()
+    started: list[str] = []
+    codes = run_workers(argv, jobs, steps, out=out, on_start=started.append)
+    lines = out.getvalue().splitlines()
+    assert len(started) == len(set(started)) == trained, started
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(started)
+    for step in started:  # its heading and what follows carry the step's name
+        assert any(x.startswith(f"{step:<5} | == ") for x in lines), lines
+        assert f"{step:<5} | published {step}" in lines, lines
+    assert sorted(x for x in lines if x.endswith(" | worker up")) == [
+        f"job {n + 1} | worker up" for n in range(jobs)
+    ]
+    assert codes == [status] * jobs
+
+
+def test_workers_take_the_steps_in_the_order_given() -> None:
+    assert parse_steps("skeleton,tiny,setup", as_given=True) == ["skeleton", "tiny", "setup"]
+    assert parse_steps("skeleton,tiny,setup") == ["setup", "skeleton", "tiny"]
+
+
+def test_claims_race_between_processes(tmp_path: Path) -> None:
+    """Four processes claim the same 40 names at once: each name goes to exactly one."""
+    names = [f"s{n}" for n in range(40)]
+    code = (
+        "import sys; from pathlib import Path; from trainer.jobs import claimed; "
+        "print(' '.join(claimed(sys.argv[1].split(','), Path(sys.argv[2]), str)))"
+    )
+    env = trainer_env()
+    racers = [
+        subprocess.Popen([sys.executable, "-c", code, ",".join(names), str(tmp_path)],
+                         cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True)
+        for _ in range(4)
+    ]  # fmt: skip
+    won = [name for racer in racers for name in racer.communicate(timeout=60)[0].split()]
+    assert sorted(won) == sorted(names)
 
 
 def make_commands(target: str, *assignments: str) -> list[list[str]]:

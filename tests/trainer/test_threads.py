@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -17,24 +18,33 @@ from trainer import threads
 @pytest.mark.parametrize(
     ("cores", "steps", "device", "jobs", "count", "environ", "expected", "why"),
     [
-        # On a CPU: a job per core, one thread each.
+        # Cores another program keeps busy at the start are left to it (issue 28).
+        (2, 1, "cpu", None, None, {"busy": "1.0"}, (1, 1), "1 of them busy with other"),
+        (2, 1, "cpu", None, None, {"busy": "0.3"}, (1, 2), "2 cores shared by 1 job)"),
+        (2, 1, "cpu", None, None, {"busy": "2.0"}, (1, 1), "1 of them busy"),  # one is ours
+        (16, 1, "cpu", None, None, {"busy": "3.6"}, (1, 12), "4 of them busy"),
+        (2, 8, "cpu", None, None, {"busy": "1.0"}, (2, 1), "a job per core (2 cores)"),
+        (16, 8, "cuda", None, None, {"busy": "2.0"}, (1, 14), "2 of them busy"),
+        (2, 1, "cpu", None, 2, {"busy": "1.0"}, (1, 2), "--threads 2"),  # the user's word wins
+        # On a CPU: a job per core, the cores shared among the jobs.
         (2, 8, "cpu", None, None, {}, (2, 1), "a job per core (2 cores)"),
         (8, 8, "cpu", None, None, {}, (8, 1), "a job per core (8 cores)"),
-        # Fewer steps than cores: a job per step, still one thread each (a busy core).
-        (2, 1, "cpu", None, None, {}, (1, 1), "1 step to train"),
-        (16, 3, "cpu", None, None, {}, (3, 1), "one thread a job"),
+        # Fewer steps than cores: a job per step, each with its share of the cores.
+        (2, 1, "cpu", None, None, {}, (1, 2), "1 step to train"),
+        (16, 3, "cpu", None, None, {}, (3, 5), "16 cores shared by 3 jobs"),
         (1, 8, "cpu", None, None, {}, (1, 1), "a job per core (1 cores)"),
         # CUDA: one job, the GPU is shared.
         (16, 8, "cuda", None, None, {}, (1, 16), "one job on the GPU"),
         # The user's word wins: --jobs, --threads, then the usual variables.
-        (2, 8, "cpu", 1, None, {}, (1, 1), "--jobs 1"),
+        (2, 8, "cpu", 1, None, {}, (1, 2), "--jobs 1"),
+        (4, 8, "cpu", 3, None, {}, (3, 1), "4 cores shared by 3 jobs"),
         (2, 8, "cpu", 1, 1, {}, (1, 1), "--threads 1"),
         (2, 8, "cpu", 1, None, {"OMP_NUM_THREADS": "1"}, (1, 1), "OMP_NUM_THREADS=1"),
         (4, 8, "cpu", None, None, {"MKL_NUM_THREADS": "3"}, (4, 3), "MKL_NUM_THREADS=3"),
         (2, 8, "cpu", 1, 4, {"OMP_NUM_THREADS": "1"}, (1, 4), "--threads 4"),
         # A variable that is no count is not a choice.
-        (2, 1, "cpu", None, None, {"OMP_NUM_THREADS": "many"}, (1, 1), "one thread a job"),
-        (2, 1, "cpu", None, None, {"OMP_NUM_THREADS": "0"}, (1, 1), "one thread a job"),
+        (2, 1, "cpu", None, None, {"OMP_NUM_THREADS": "many"}, (1, 2), "2 cores shared by 1 job"),
+        (2, 1, "cpu", None, None, {"OMP_NUM_THREADS": "0"}, (1, 2), "2 cores shared by 1 job"),
         # More jobs than steps asked: one a step.
         (2, 2, "cpu", 5, None, {}, (2, 1), "2 steps to train"),
     ],
@@ -49,7 +59,8 @@ def test_the_choice_and_its_reason(
     expected: tuple[int, int],
     why: str,
 ) -> None:
-    choice = threads.choose(cores, steps, device, jobs, count, environ)
+    busy = float(environ.pop("busy", "0"))  # measured by busy_cores(), here a case's
+    choice = threads.choose(cores, steps, device, jobs, count, environ, busy=busy)
     assert (choice.jobs, choice.threads) == expected
     assert why in choice.why
     assert choice.why.startswith(f"{expected[0]} job")
@@ -58,9 +69,9 @@ def test_the_choice_and_its_reason(
 @pytest.mark.parametrize(
     ("environ", "after"),
     [
-        ({}, "PASSIVE"),
-        ({"OMP_WAIT_POLICY": "ACTIVE"}, "ACTIVE"),  # the user's own stays
-        ({"GOMP_SPINCOUNT": "1000"}, None),  # a spin count is a choice of wait too
+        ({}, "1000"),
+        ({"OMP_WAIT_POLICY": "ACTIVE"}, None),  # a wait policy is the user's choice of wait
+        ({"GOMP_SPINCOUNT": "300000"}, "300000"),  # the user's own stays
     ],
 )
 def test_wait_policy_only_where_the_user_set_none(
@@ -68,7 +79,7 @@ def test_wait_policy_only_where_the_user_set_none(
 ) -> None:
     env = dict(environ)
     threads.prepare_openmp(env)
-    assert env.get("OMP_WAIT_POLICY") == after
+    assert env.get("GOMP_SPINCOUNT") == after
     words = threads.wait_policy(env)
     assert ("as set" in words) == bool(environ), words
 
@@ -91,3 +102,87 @@ def test_the_users_variables_win_and_the_first_line_says_so(
     assert first == (
         "threads: 1 job x 1 thread (--jobs 1; OMP_NUM_THREADS=1); OMP_WAIT_POLICY=ACTIVE, as set"
     ), done.stderr
+
+
+@pytest.mark.parametrize(
+    ("files", "quota"),
+    [
+        ({"cpu.max": "200000 100000\n"}, 2),  # docker run --cpus 2 (cgroup v2)
+        ({"cpu.max": "150000 100000\n"}, 2),  # 1.5 cores: two threads, rounded up
+        ({"cpu.max": "50000 100000\n"}, 1),  # half a core: still one thread
+        ({"cpu.max": "max 100000\n"}, None),  # no limit
+        ({"cpu/cpu.cfs_quota_us": "300000\n", "cpu/cpu.cfs_period_us": "100000\n"}, 3),  # v1
+        ({"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, None),  # v1
+        ({"cpu.max": "garbage"}, None),  # unreadable: as if none
+        ({}, None),  # no cgroup files (not Linux, or not mounted)
+    ],
+)
+def test_a_cpu_quota_caps_the_cores(
+    tmp_path: Path, files: dict[str, str], quota: int | None
+) -> None:
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    assert threads.cpu_quota(tmp_path) == quota
+    affinity = threads.cpu_cores(tmp_path / "nowhere")  # the CPU set alone
+    assert threads.cpu_cores(tmp_path) == (min(affinity, quota) if quota else affinity)
+
+
+def _stat(busy: list[int], idle: list[int]) -> str:
+    """/proc/stat's first lines: a total, then a line per CPU (user ... steal; iowait 5)."""
+    lines = [f"cpu  {sum(busy)} 0 0 {sum(idle)} 0 0 0 0 0 0"]
+    lines += [
+        f"cpu{i} {b} 0 0 {d} 5 0 0 0 0 0" for i, (b, d) in enumerate(zip(busy, idle, strict=True))
+    ]
+    return "\n".join([*lines, "intr 1 2 3", "ctxt 99"]) + "\n"
+
+
+@pytest.mark.parametrize(
+    ("before", "after", "mine", "expected"),
+    [
+        # (busy, idle) jiffies of each CPU before and after; `mine`: this process's CPUs.
+        (([0, 0], [0, 0]), ([100, 0], [0, 100]), {0, 1}, 1.0),  # one core spinning
+        (([0, 0], [0, 0]), ([0, 0], [100, 100]), {0, 1}, 0.0),  # quiet
+        (([0, 0], [0, 0]), ([100, 100], [0, 0]), {0, 1}, 2.0),  # both taken
+        (([0, 0], [0, 0]), ([50, 100], [50, 0]), {0}, 0.5),  # only CPU 0 is ours
+        (([0, 0, 0], [0, 0, 0]), ([100, 0, 0], [0, 100, 100]), {1, 2}, 0.0),  # CPU 0 isn't
+        (([0, 0], [0, 0]), ([0, 0], [0, 0]), {0, 1}, 0.0),  # no time passed: as if quiet
+    ],
+)
+def test_busy_cores_reads_the_kernels_counters(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    before: tuple[list[int], list[int]],
+    after: tuple[list[int], list[int]],
+    mine: set[int],
+    expected: float,
+) -> None:
+    stat = tmp_path / "stat"
+    stat.write_text(_stat(*before))
+
+    def later(_: float) -> None:  # the probe's sleep: the counters move meanwhile
+        stat.write_text(_stat(*after))
+
+    monkeypatch.setattr(threads.time, "sleep", later)
+    assert threads.busy_cores(0.2, stat, mine) == pytest.approx(expected)
+
+
+def test_busy_cores_without_counters_is_zero(tmp_path: Path) -> None:
+    assert threads.busy_cores(0.0, tmp_path / "nowhere", {0}) == 0.0
+    (tmp_path / "stat").write_text("cpu0 not numbers\n")
+    assert threads.busy_cores(0.0, tmp_path / "stat", {0}) == 0.0
+
+
+def test_busy_cores_sees_a_spinning_process() -> None:
+    """The real counters: a child spinning on one of our cores is counted (other programs may
+    keep the rest busy too, so at least most of one core, at most all of ours)."""
+    if not Path("/proc/stat").exists():
+        pytest.skip("no /proc/stat (not Linux)")
+    child = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.3)  # let it start spinning
+        busy = threads.busy_cores(0.5)
+    finally:
+        child.kill()
+        child.wait()
+    assert 0.6 < busy <= len(os.sched_getaffinity(0)) + 0.01, busy
