@@ -35,9 +35,9 @@ from pathlib import Path
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
 WAIT_VARIABLES = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
 # bench/train_load.py (docs/performance.md), `scheduler` on 2 cores with 2 threads: quiet,
-# 1,000 spins ran an epoch within 3-6 % of the default's 300,000, where OMP_WAIT_POLICY=PASSIVE
-# was 23-52 % slower; with a core busy, 2.2-2.4x the quiet time against the default's 2.6x (9x
-# at 100,000 spins).
+# 1,000 spins ran an epoch within 8 % of the default's 300,000, where OMP_WAIT_POLICY=PASSIVE
+# was 28-52 % slower; with a core busy, 2.2-2.5x the quiet time against the default's 2.6-2.7x
+# (9-12x at 100,000 spins).
 SPIN_COUNT = "1000"
 
 _set_here: dict[str, str] = {}  # what prepare_openmp() set, to tell it from the user's own
@@ -168,8 +168,8 @@ def choose(
             reasons.append(f"{name}={environ[name]}")
         else:
             # bench/train_load.py (docs/performance.md), `scheduler` alone on 2 cores: quiet,
-            # one thread was 40-50 % slower than two; with a core busy, two threads took
-            # 8.0-8.6 s an epoch under every wait policy and one thread 4.5-5.3 s. Jobs stay a
+            # one thread was 35-42 % slower than two; with a core busy, two threads took
+            # 8.0-8.8 s an epoch under every wait policy and one thread 4.5-5.3 s. Jobs stay a
             # core each: two jobs beside a busy core still share two cores, not one.
             taken = min(int(busy + 0.5), cores - 1)
             threads = max(1, (cores - taken) // jobs)
