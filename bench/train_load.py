@@ -78,7 +78,7 @@ def policy_env(policy: str) -> tuple[dict[str, str], int]:
     if policy == "1 thread":
         return env, 1
     # As the trainer does: the cores other programs keep busy now (the busy turn's child too).
-    count = threads.choose(cores, 1, "cpu", 1, environ=env, busy=threads.busy_cores()).threads
+    count = threads.choose(cores, 1, "cpu", 1, environ=env, busy=threads.busy_cores).threads
     return env, count
 
 

@@ -258,9 +258,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         state = load_state(args.out, wanted) if args.resume else None
         todo.append(Todo(slug, recipe, wanted, state))
 
-    # A fifth of a second to see which cores other programs keep busy (a worker is told).
-    busy = threads.busy_cores() if args.threads is None and not args.as_job else 0.0
-    choice = threads.choose(cpu_cores(), len(todo), device.type, args.jobs, args.threads, busy=busy)
+    # Where the count is the policy's, a fifth of a second to see which cores other programs
+    # keep busy (a --jobs worker is given its count).
+    choice = threads.choose(
+        cpu_cores(), len(todo), device.type, args.jobs, args.threads, busy=threads.busy_cores
+    )
     torch.set_num_threads(choice.threads)
     if args.as_job:  # a worker of a --jobs run: the parent said all of this
         mine = todo if args.claims is None else claimed(todo, args.claims, lambda t: t.slug)

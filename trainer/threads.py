@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -141,12 +141,13 @@ def choose(
     jobs: int | None = None,
     threads: int | None = None,
     environ: Mapping[str, str] = os.environ,
-    busy: float = 0.0,
+    busy: Callable[[], float] = lambda: 0.0,
 ) -> Threads:
-    """The jobs and threads for `steps` steps on `cores` cores, `busy` of them kept busy by
-    other programs (``busy_cores()``): ``--jobs`` and ``--threads`` (or
-    ``OMP_NUM_THREADS``/``MKL_NUM_THREADS``) when given, else every core used: on a CPU as many
-    jobs as cores (at most one a step), on CUDA one job; the free cores shared among them."""
+    """The jobs and threads for `steps` steps on `cores` cores: ``--jobs`` and ``--threads``
+    (or ``OMP_NUM_THREADS``/``MKL_NUM_THREADS``) when given, else every core used: on a CPU as
+    many jobs as cores (at most one a step), on CUDA one job; the free cores shared among them.
+    `busy()` says how many cores other programs keep busy (``busy_cores``); it is asked only
+    when the count is the policy's to choose, so that a given count costs no look."""
     reasons = []
     if jobs is not None:
         reasons.append(f"--jobs {jobs}")
@@ -171,7 +172,7 @@ def choose(
             # one thread was 35-42 % slower than two; with a core busy, two threads took
             # 8.0-8.8 s an epoch under every wait policy and one thread 4.5-5.3 s. Jobs stay a
             # core each: two jobs beside a busy core still share two cores, not one.
-            taken = min(int(busy + 0.5), cores - 1)
+            taken = min(int(busy() + 0.5), cores - 1)
             threads = max(1, (cores - taken) // jobs)
             reasons.append(
                 f"{cores} core{'s' * (cores != 1)} shared by {jobs} job{'s' * (jobs != 1)}"

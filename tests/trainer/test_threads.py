@@ -60,10 +60,19 @@ def test_the_choice_and_its_reason(
     why: str,
 ) -> None:
     busy = float(environ.pop("busy", "0"))  # measured by busy_cores(), here a case's
-    choice = threads.choose(cores, steps, device, jobs, count, environ, busy=busy)
+    looked: list[float] = []
+
+    def look() -> float:
+        looked.append(busy)
+        return busy
+
+    choice = threads.choose(cores, steps, device, jobs, count, environ, busy=look)
     assert (choice.jobs, choice.threads) == expected
     assert why in choice.why
     assert choice.why.startswith(f"{expected[0]} job")
+    # The cores are looked at once, and only when the count is the policy's to choose.
+    given = count is not None or any(v.isdigit() and int(v) >= 1 for v in environ.values())
+    assert looked == ([] if given else [busy])
 
 
 @pytest.mark.parametrize(
