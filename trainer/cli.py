@@ -38,8 +38,21 @@ from trainer.data import MNIST, DataError, Split, load_mnist
 from trainer.export import ExportError, export_and_publish, load_checkpoint, save_checkpoint
 from trainer.jobs import claimed, run_workers
 from trainer.jobs import heading as step_heading
-from trainer.plan import plan_lines, time_first_batches
-from trainer.progress import EpochEstimate, Overall, Planned, StepReporter, finish_time
+from trainer.plan import (
+    longest_first,
+    plan_lines,
+    read_estimates,
+    share_estimates,
+    time_first_batches,
+)
+from trainer.progress import (
+    EpochEstimate,
+    Overall,
+    Planned,
+    StepReporter,
+    Watches,
+    finish_time,
+)
 from trainer.resume import (
     Fingerprint,
     ResumeError,
@@ -264,9 +277,27 @@ def cmd_run(args: argparse.Namespace) -> int:
         cpu_cores(), len(todo), device.type, args.jobs, args.threads, busy=threads.busy_cores
     )
     torch.set_num_threads(choice.threads)
+    ceiling = args.ceiling if args.as_job else choice.ceiling
+    governor = (
+        threads.Governor(choice.threads, ceiling, torch.set_num_threads, say)
+        if ceiling is not None and device.type == "cpu"
+        else None
+    )
+
+    def probe(slug: str) -> EpochEstimate:
+        recipe = next(t.recipe for t in todo if t.slug == slug)
+        return time_first_batches(slug, recipe, train, test, not args.quiet)
+
     if args.as_job:  # a worker of a --jobs run: the parent said all of this
-        mine = todo if args.claims is None else claimed(todo, args.claims, lambda t: t.slug)
-        return train_steps(args, mine, train, test, mnist, device, graphs, {}, None)
+        if args.claims is None:
+            return train_steps(args, todo, train, test, mnist, device, graphs, {}, None, governor)
+        estimates = share_estimates([t.slug for t in todo], args.claims, probe)
+        order = [p.step for p in longest_first(planned(todo, estimates))]
+        todo.sort(key=lambda t: order.index(t.slug))
+        mine = claimed(todo, args.claims, lambda t: t.slug)
+        return train_steps(
+            args, mine, train, test, mnist, device, graphs, estimates, None, governor
+        )
     say(f"threads: {choice.why}")
     say(f"device: {device_words}")
     say(f"data: {mnist.source} ({len(train)} train, {len(test)} test images)")
@@ -279,67 +310,99 @@ def cmd_run(args: argparse.Namespace) -> int:
     say(f"plan: {len(todo)} step{'s' * (len(todo) != 1)} ({', '.join(t.slug for t in todo)}), "
         f"{'/'.join(map(str, epochs))} epochs each, on {device.type}, {choice.jobs} at a time "
         f"with {choice.threads} thread{'s' * (choice.threads != 1)} each; timing the first "
-        "batches of each step...")  # fmt: skip
-    estimates = {
-        t.slug: time_first_batches(t.slug, t.recipe, train, test, not args.quiet) for t in todo
-    }
-    plan = [
-        Planned(
-            t.slug,
-            t.recipe.epochs,
-            len(t.state["history"]) if t.state else 0,
-            estimates[t.slug].seconds,
-        )
-        for t in todo
-    ]
-    if choice.jobs > 1:  # the longest first: the jobs then end together, or nearly
-        plan.sort(key=lambda p: p.seconds_left, reverse=True)
-        todo.sort(key=lambda t: [p.step for p in plan].index(t.slug))
-    total = finish_time([], [p.seconds_left for p in plan], choice.jobs)
-    for line in plan_lines(plan, [], choice.jobs, total):
-        say(line)
+        f"batches of each step{' in the jobs' * (choice.jobs > 1)}...")  # fmt: skip
+    if choice.jobs > 1:
+        return train_in_workers(args, todo, choice)
+    estimates = {t.slug: probe(t.slug) for t in todo}
+    plan = planned(todo, estimates)
+    total = show_plan(plan, choice.jobs)
     overall = Overall(args.out, plan, choice.jobs).start()
     try:
-        if choice.jobs == 1:
-            code = train_steps(args, todo, train, test, mnist, device, graphs, estimates, overall)
-        else:
-            code = train_in_workers(args, [t.slug for t in todo], choice, overall)
+        code = train_steps(
+            args, todo, train, test, mnist, device, graphs, estimates, overall, governor
+        )
     finally:
         overall.stop()
     say(overall.done_line(total))
     return code
 
 
+def planned(todo: list[Todo], estimates: dict[str, EpochEstimate]) -> list[Planned]:
+    """The plan of `todo`: each step's epochs left and an epoch's estimated seconds."""
+    return [
+        Planned(
+            t.slug,
+            t.recipe.epochs,
+            len(t.state["history"]) if t.state else 0,
+            estimates[t.slug].seconds if t.slug in estimates else None,
+        )
+        for t in todo
+    ]
+
+
+def show_plan(plan: list[Planned], jobs: int) -> float:
+    """Print the plan; return its estimated seconds to the last step's end."""
+    total = finish_time([], [p.seconds_left for p in plan], jobs)
+    for line in plan_lines(plan, [], jobs, total):
+        say(line)
+    return total
+
+
 def say(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
-def train_in_workers(
-    args: argparse.Namespace, steps: list[str], choice: threads.Threads, overall: Overall
-) -> int:
-    """Train `steps` (the longest first) in `choice.jobs` worker processes that take them in
-    turn; 0 when every step was trained, else 2 (the workers' lines say why)."""
+def train_in_workers(args: argparse.Namespace, todo: list[Todo], choice: threads.Threads) -> int:
+    """Train `todo` in `choice.jobs` worker processes that time the steps between them for the
+    plan (printed here once they have), then take them in turn, the longest first; 0 when every
+    step was trained, else 2 (the workers' lines say why)."""
+    steps = [t.slug for t in todo]
+    starts: dict[str, datetime] = {}  # each step's start, heard from its worker
+    overall: Overall | None = None
+    total = 0.0
     with tempfile.TemporaryDirectory(prefix="trainer-claims-") as claims:
-        argv = worker_command(args, steps, choice.threads, Path(claims))
-        codes = run_workers(argv, choice.jobs, steps, on_start=overall.started)
-        taken = {p.name for p in Path(claims).iterdir()}
+
+        def plan_once_timed() -> None:
+            nonlocal overall, total
+            estimates = read_estimates(Path(claims), steps) if overall is None else {}
+            if overall is None and len(estimates) == len(steps):
+                plan = longest_first(planned(todo, estimates))
+                total = show_plan(plan, choice.jobs)
+                overall = Overall(args.out, plan, choice.jobs, step_started=starts).start()
+
+        argv = worker_command(args, steps, choice, Path(claims))
+        try:
+            codes = run_workers(
+                argv,
+                choice.jobs,
+                steps,
+                on_start=lambda step: starts.__setitem__(step, datetime.now(UTC)),
+                while_running=plan_once_timed,
+            )
+        finally:
+            if overall is not None:
+                overall.stop()
+        taken = {p.name for p in Path(claims).iterdir() if p.is_file()}
     for n, status in enumerate(codes, start=1):
         if status != 0:
             say(f"error: job {n} exited with status {status} (its lines above say why)")
     never = [s for s in steps if s not in taken]
     if never:
         say(f"error: not trained, every job stopped first: {', '.join(never)}")
+    if overall is not None:
+        say(overall.done_line(total))
     return 2 if never or any(codes) else 0
 
 
 def worker_command(
-    args: argparse.Namespace, steps: list[str], threads_each: int, claims: Path
+    args: argparse.Namespace, steps: list[str], choice: threads.Threads, claims: Path
 ) -> list[str]:
     """The ``python -m trainer run`` of a worker of a --jobs run: this run's arguments, its
     steps in the order to take them and the folder of their claims."""
     argv = [sys.executable, "-m", "trainer", "run", "--steps", ",".join(steps), "--as-job"]
     argv += ["--claims", str(claims)]
-    argv += ["--jobs", "1", "--threads", str(threads_each), "--device", args.device]
+    argv += ["--jobs", "1", "--threads", str(choice.threads), "--device", args.device]
+    argv += ["--ceiling", str(choice.ceiling)] if choice.ceiling is not None else []
     argv += ["--graphs", args.graphs, "--out", str(args.out), "--keep", str(args.keep)]
     argv += ["--resume" if args.resume else "--fresh"]
     for flag, value in (("--epochs", args.epochs), ("--limit", args.limit), ("--seed", args.seed)):
@@ -364,7 +427,7 @@ def step_command(argv: list[str], slug: str) -> str:
         if arg == "--steps":
             alone += [arg, slug]
             next(it, None)
-        elif arg == "--claims":
+        elif arg in ("--claims", "--ceiling"):
             next(it, None)
         elif arg != "--as-job":
             alone.append(arg)
@@ -381,9 +444,11 @@ def train_steps(
     graphs: bool,
     estimates: dict[str, EpochEstimate],
     overall: Overall | None,
+    governor: threads.Governor | None = None,
 ) -> int:
     """Train, export and publish each step of `todo` in this process, one after another (a
-    --jobs worker's `todo` claims each step as it comes to it)."""
+    --jobs worker's `todo` claims each step as it comes to it); `governor` keeps the thread
+    count on the free cores."""
     versions, commit = software_versions(), git_commit()
     for t in todo:
         slug, recipe, wanted, state = t.slug, t.recipe, t.wanted, t.state
@@ -407,7 +472,7 @@ def train_steps(
         try:
             result = fit(
                 model, train, test, recipe, bar, slug, not args.quiet,
-                resume=state, save=save, cuda_graphs=graphs, watch=reporter,
+                resume=state, save=save, cuda_graphs=graphs, watch=Watches(reporter, governor),
             )  # fmt: skip
             provenance = Provenance(
                 command=step_command(sys.argv[1:], slug) if args.claims else shlex_command(),
@@ -641,6 +706,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--as-job", action="store_true", help=argparse.SUPPRESS)  # one of --jobs
     # A --jobs worker's claims: it takes the steps in the order given, each no other has taken.
     run.add_argument("--claims", type=Path, default=None, help=argparse.SUPPRESS)
+    # A --jobs worker's thread count may follow the free cores up to this (threads.Governor).
+    run.add_argument("--ceiling", type=int, default=None, help=argparse.SUPPRESS)
     run.add_argument(
         "--quiet",
         action="store_true",

@@ -92,10 +92,12 @@ def run_workers(
     steps: Sequence[str],
     out: TextIO = sys.stderr,
     on_start: Callable[[str], None] | None = None,
+    while_running: Callable[[], None] = lambda: None,
 ) -> list[int]:
     """Run `jobs` copies of the worker command `argv` at once; forward every line prefixed by
     the step it concerns (``job N`` before a worker's first step); return each one's exit
-    status. `on_start(step)` hears of each step a worker starts."""
+    status. `on_start(step)` hears of each step a worker starts; `while_running()` is called
+    every tenth of a second until they have all exited."""
     names = [f"job {n + 1}" for n in range(jobs)]
     width = max(len(x) for x in [*steps, *names])
     env = os.environ | {"PYTHONUNBUFFERED": "1"}
@@ -113,6 +115,7 @@ def run_workers(
             reader.start()
             running.append((process, reader))
         while any(process.poll() is None for process, _ in running):
+            while_running()
             time.sleep(0.1)
         for _, reader in running:
             reader.join()

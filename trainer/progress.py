@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from tqdm import tqdm
 
@@ -151,6 +151,26 @@ class StepReporter:
         self._write(state=state, version=version, message=message)
 
 
+class Watches:
+    """Several of ``fit()``'s watches heard as one: a step's progress file and the thread
+    governor (``trainer.threads.Governor``); None is left out."""
+
+    def __init__(self, *watches: Any) -> None:
+        self.watches = [w for w in watches if w is not None]
+
+    def epoch_started(self, epoch: int, history: list[EpochMetrics]) -> None:
+        for w in self.watches:
+            w.epoch_started(epoch, history)
+
+    def batch(self, done: int, total: int) -> None:
+        for w in self.watches:
+            w.batch(done, total)
+
+    def epoch_ended(self, history: list[EpochMetrics]) -> None:
+        for w in self.watches:
+            w.epoch_ended(history)
+
+
 @dataclass(frozen=True)
 class Planned:
     """A step of the run: its epochs (all the recipe's; `done` of them before this run) and
@@ -190,11 +210,13 @@ class Overall:
         plan: Sequence[Planned],
         jobs: int,
         out: TextIO = sys.stderr,
+        step_started: dict[str, datetime] | None = None,
     ) -> None:
         self.root, self.plan, self.jobs, self.out = root, list(plan), jobs, out
         now = datetime.now(UTC)  # to the millisecond, as the files' times are (now_iso)
         self.started_at = now.replace(microsecond=now.microsecond // 1000 * 1000)
-        self.step_started: dict[str, datetime] = {}
+        # When each step started; a --jobs run's parent fills it as its workers say.
+        self.step_started: dict[str, datetime] = {} if step_started is None else step_started
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 

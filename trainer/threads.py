@@ -14,8 +14,9 @@ neither that nor ``OMP_WAIT_POLICY``. The thread count is set after the import
 (``torch.set_num_threads``).
 
 Even so, two threads on a shared core wait for each other at every region, so the thread count
-follows the cores that are free when the run starts: ``busy_cores()`` reads how much of this
-process's cores other programs used over a fifth of a second. On a CPU the trainer runs as many
+follows the cores that are free: when the run starts, ``busy_cores()`` reads how much of this
+process's cores other programs used over a fifth of a second; while a step trains, its
+``Governor`` looks again every second and gives up or takes back a thread. On a CPU the trainer runs as many
 steps side by side as it has cores (a worker process each, ``trainer/jobs.py``), and the free
 cores are shared among them: with a step for every core each computes with one thread, and a
 step alone gets every free core. A CUDA run trains one step at a time (the GPU is shared) with
@@ -30,14 +31,15 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 # What a user may set to choose for themselves; any of them set wins over the policy.
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
 WAIT_VARIABLES = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
 # bench/train_load.py (docs/performance.md), `scheduler` on 2 cores with 2 threads: quiet,
-# 1,000 spins ran an epoch within 8 % of the default's 300,000, where OMP_WAIT_POLICY=PASSIVE
+# 1,000 spins ran an epoch within 0-8 % of the default's 300,000, where OMP_WAIT_POLICY=PASSIVE
 # was 28-52 % slower; with a core busy, 2.2-2.5x the quiet time against the default's 2.6-2.7x
-# (9-12x at 100,000 spins).
+# (9-12x at 100,000 spins). With the Governor that second holds only until its next look.
 SPIN_COUNT = "1000"
 
 _set_here: dict[str, str] = {}  # what prepare_openmp() set, to tell it from the user's own
@@ -80,33 +82,39 @@ def cpu_quota(cgroup: Path) -> int | None:
     return -(-q // p) if q > 0 and p > 0 else None
 
 
+def _jiffies(stat: Path, cores: set[int]) -> tuple[int, int]:
+    """(busy, total) jiffies of the kernel's per-CPU counters, summed over `cores`."""
+    busy = total = 0
+    for line in stat.read_text().splitlines():
+        name, *fields = line.split()
+        if not name.startswith("cpu") or not name[3:].isdigit() or int(name[3:]) not in cores:
+            continue
+        values = [int(v) for v in fields[:8]]  # user nice system idle iowait irq softirq steal
+        total += sum(values)
+        busy += sum(values) - values[3] - values[4]  # less idle and iowait
+    return busy, total
+
+
+def _my_cores() -> set[int] | None:
+    try:
+        return os.sched_getaffinity(0)
+    except AttributeError:  # not Linux
+        return None
+
+
 def busy_cores(
     seconds: float = 0.2, stat: Path = Path("/proc/stat"), cores: set[int] | None = None
 ) -> float:
     """How many of this process's cores other programs kept busy over the next `seconds`,
     from the kernel's per-CPU counters (0.0 where they cannot be read). Call it while this
     process itself is idle."""
+    cores = _my_cores() if cores is None else cores
     if cores is None:
-        try:
-            cores = os.sched_getaffinity(0)
-        except AttributeError:  # not Linux
-            return 0.0
-
-    def sample() -> tuple[int, int]:  # (busy, total) jiffies summed over `cores`
-        busy = total = 0
-        for line in stat.read_text().splitlines():
-            name, *fields = line.split()
-            if not name.startswith("cpu") or not name[3:].isdigit() or int(name[3:]) not in cores:
-                continue
-            values = [int(v) for v in fields[:8]]  # user nice system idle iowait irq softirq steal
-            total += sum(values)
-            busy += sum(values) - values[3] - values[4]  # less idle and iowait
-        return busy, total
-
+        return 0.0
     try:
-        busy0, total0 = sample()
+        busy0, total0 = _jiffies(stat, cores)
         time.sleep(seconds)
-        busy1, total1 = sample()
+        busy1, total1 = _jiffies(stat, cores)
     except (OSError, ValueError, IndexError):
         return 0.0
     if total1 <= total0:
@@ -114,13 +122,89 @@ def busy_cores(
     return len(cores) * (busy1 - busy0) / (total1 - total0)
 
 
+class Governor:
+    """Keeps a step's thread count on the cores other programs leave free while it trains:
+    ``fit()`` calls ``batch()`` after every batch (as the step's watch), and every `interval`
+    seconds it compares the cores' busy time (``/proc/stat``) with this process's own CPU
+    time. What is left is other programs': when they take a core, the step gives it up
+    (``set_threads(n - 1)``) instead of two threads waiting for each other on one core (2.7x an
+    epoch, ``bench/train_load.py``); when they leave it, the step takes it back, up to
+    `ceiling`. In a ``--jobs`` run the other workers count as other programs, so the last
+    step still training gets the cores the finished ones leave. A read costs about 50 us a
+    second; a wrong guess costs at most `interval` seconds at the slower count."""
+
+    def __init__(
+        self,
+        threads: int,
+        ceiling: int,
+        set_threads: Callable[[int], None],
+        say: Callable[[str], None] = lambda line: None,
+        interval: float = 1.0,
+        stat: Path = Path("/proc/stat"),
+        cores: set[int] | None = None,
+        cpu_time: Callable[[], float] = time.process_time,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.threads, self.ceiling, self.set_threads, self.say = threads, ceiling, set_threads, say
+        self.interval, self.stat, self.cpu_time, self.clock = interval, stat, cpu_time, clock
+        self.cores = _my_cores() if cores is None else cores
+        self.last = self._sample()
+
+    def _sample(self) -> tuple[float, float, int, int] | None:
+        """(wall, own CPU seconds, busy jiffies, total jiffies), None where unreadable."""
+        if self.cores is None:
+            return None
+        try:
+            busy, total = _jiffies(self.stat, self.cores)
+        except (OSError, ValueError, IndexError):
+            return None
+        return self.clock(), self.cpu_time(), busy, total
+
+    def others(
+        self, before: tuple[float, float, int, int], now: tuple[float, float, int, int]
+    ) -> float:
+        """Cores other programs kept busy between two samples."""
+        assert self.cores is not None
+        wall, mine = now[0] - before[0], now[1] - before[1]
+        busy, total = now[2] - before[2], now[3] - before[3]
+        if wall <= 0 or total <= 0:
+            return 0.0
+        return max(len(self.cores) * busy / total - mine / wall, 0.0)
+
+    def epoch_started(self, epoch: int, history: list[Any]) -> None:
+        pass
+
+    def epoch_ended(self, history: list[Any]) -> None:
+        pass
+
+    def batch(self, done: int, total: int) -> None:
+        if self.last is None or self.clock() - self.last[0] < self.interval:
+            return
+        now = self._sample()
+        if now is None:
+            return
+        others, self.last = self.others(self.last, now), now
+        assert self.cores is not None
+        free = len(self.cores) - min(int(others + 0.5), len(self.cores) - 1)
+        wanted = max(1, min(self.ceiling, free))
+        if wanted != self.threads:
+            self.say(
+                f"threads: {self.threads} -> {wanted} (other programs keep {others:.1f} of "
+                f"{len(self.cores)} cores busy)"
+            )
+            self.set_threads(wanted)
+            self.threads = wanted
+
+
 @dataclass(frozen=True)
 class Threads:
     """What ``python -m trainer run`` computes with; ``why`` is its first log line."""
 
     jobs: int  # steps trained at once, one process each
-    threads: int  # intra-op threads of each
+    threads: int  # intra-op threads of each, at the start
     why: str
+    ceiling: int | None = None  # the count follows the free cores up to this (Governor); None:
+    # the user's count, kept
 
 
 def wait_policy(environ: Mapping[str, str]) -> str:
@@ -149,6 +233,7 @@ def choose(
     `busy()` says how many cores other programs keep busy (``busy_cores``); it is asked only
     when the count is the policy's to choose, so that a given count costs no look."""
     reasons = []
+    ceiling = None
     if jobs is not None:
         reasons.append(f"--jobs {jobs}")
     elif device == "cuda":
@@ -178,9 +263,11 @@ def choose(
                 f"{cores} core{'s' * (cores != 1)} shared by {jobs} job{'s' * (jobs != 1)}"
                 + (f", {taken} of them busy with other programs" if taken else "")
             )
+            ceiling = cores
     assert threads is not None
     per = f"{jobs} job{'s' * (jobs != 1)} x {threads} thread{'s' * (threads != 1)}"
-    return Threads(jobs, threads, f"{per} ({'; '.join(reasons)}); {wait_policy(environ)}")
+    why = f"{per} ({'; '.join(reasons)}); {wait_policy(environ)}"
+    return Threads(jobs, threads, why, ceiling if device == "cpu" else None)
 
 
 def _count(text: str) -> int | None:

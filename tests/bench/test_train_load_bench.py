@@ -1,5 +1,6 @@
-"""`bench/train_load.py` end to end on a tiny subset: every policy timed quiet and with a busy
-core, the --jobs comparison, and the ratio as the last line."""
+"""`bench/train_load.py` end to end on a tiny subset: every policy timed quiet, with a core busy
+from the start and with one busy from half a second in, the --jobs comparison, and the ratio as
+the last line."""
 
 from __future__ import annotations
 
@@ -16,19 +17,19 @@ from trainer.threads import cpu_cores
 def test_train_load_bench_runs_and_reports_a_ratio(mnist_dir: Path) -> None:
     lines = run_bench(
         "train_load.py", "--rounds", "1", "--limit", "64", "--heavy-limit", "16",
-        "--jobs-limit", "64", "--jobs-steps", "tiny,gap", "--spincounts", "1000",
+        "--jobs-limit", "64", "--jobs-steps", "tiny,gap",
         "--data-dir", str(mnist_dir),
         timeout=600,
     )  # fmt: skip
     stdout = "\n".join(lines)
     assert re.match(
-        r"\d+ cores; chosen for one job: \d+ thread\(s\), GOMP_SPINCOUNT=1000", lines[0]
+        r"\d+ cores; chosen for one job: \d+ thread\(s\) up to \d+, GOMP_SPINCOUNT=1000", lines[0]
     )
     for step, images in (("scheduler", 64), ("skeleton", 16)):
-        for policy in ("chosen", "1 thread", "old default", "spin 1000 per core"):
-            row = rf"\| `{step}` \| {images} \| {policy} \| [\d.]+ \| [\d.]+ \| [\d.]+ \|"
+        for policy in ("chosen", "1 thread", "old default"):
+            row = rf"\| `{step}` \| {images} \| {policy} \|( [\d.]+ \|){{5}}"
             assert any(re.fullmatch(row, x) for x in lines), stdout
-        assert any(x.startswith(f"`{step}`: chosen busy/quiet ") for x in lines), stdout
+        assert any(x.startswith(f"`{step}`: chosen busy/quiet at worst ") for x in lines), stdout
     jobs = min(cpu_cores(), 2)  # a job per core, at most one per step
     for one in ("--jobs 1 --threads 1", "--jobs 1"):
         row = rf"- {one}: [\d.]+ s; the default \({jobs} jobs x \d+ threads?\) [\d.]+ s: [\d.]+x"

@@ -9,14 +9,19 @@ import shlex
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 from io import StringIO
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import ROOT
-from trainer.cli import build_parser, parse_steps
+from trainer.cli import build_parser, parse_steps, step_command, worker_command
 from trainer.jobs import run_workers
+from trainer.plan import ESTIMATES, longest_first, read_estimates, share_estimates
+from trainer.progress import EpochEstimate, Planned
+from trainer.threads import Threads
 from volume import read_index, read_version
 from volume.progress import read_progress
 
@@ -39,6 +44,12 @@ def test_jobs_publish_every_step_once_into_one_volume(mnist_dir: Path, tmp_path:
     assert done.returncode == 0, done.stderr
     lines = done.stderr.splitlines()
     assert lines[0].startswith("threads: 2 jobs x "), lines[0]
+    # The plan, timed by the jobs between them, before any step trains.
+    for step in STEPS:
+        assert any(re.fullmatch(rf"  {step}\s+1 epoch  ~.+ an epoch", x) for x in lines), lines
+    assert lines.index(next(x for x in lines if x.startswith("estimate from the first"))) < min(
+        n for n, x in enumerate(lines) if " | == " in x
+    ), lines
     index = read_index(tmp_path)
     assert sorted(index.steps) == sorted(STEPS)
     for step in STEPS:
@@ -53,7 +64,7 @@ def test_jobs_publish_every_step_once_into_one_volume(mnist_dir: Path, tmp_path:
     for step in STEPS:  # each records the command that trains it alone, not its worker's
         command = read_version(tmp_path, step, index.steps[step]).metrics.provenance.command
         assert f"--steps {step} " in command and "--claims" not in command, command
-        assert "--as-job" not in command, command
+        assert "--as-job" not in command and "--ceiling" not in command, command
     progress = read_progress(tmp_path)
     assert {s: p.state for s, p in progress.items()} == dict.fromkeys(STEPS, "published")
     assert {s: p.version for s, p in progress.items()} == {s: index.steps[s].version for s in STEPS}
@@ -174,3 +185,68 @@ def test_a_second_make_train_goes_on_where_the_first_ended(mnist_dir: Path, tmp_
     assert f"== 8. tiny: skipped: published version {version}" in second, second
     assert "epoch  1" not in second
     assert read_index(tmp_path).steps["tiny"].version == version
+
+
+def test_workers_time_each_step_once_and_all_see_every_estimate(tmp_path: Path) -> None:
+    """Four workers share the plan's timing (threads here: the claims are files either way)."""
+    steps = [f"s{n}" for n in range(12)]
+    timed: list[str] = []
+    seen: list[dict[str, EpochEstimate]] = []
+
+    def probe(step: str) -> EpochEstimate:
+        timed.append(step)
+        time.sleep(0.01)
+        return EpochEstimate(float(steps.index(step)), 0.5)
+
+    def worker() -> None:
+        seen.append(share_estimates(steps, tmp_path, probe, poll=0.01))
+
+    workers = [threading.Thread(target=worker) for _ in range(4)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(timeout=60)
+    assert sorted(timed) == sorted(steps)  # each timed once
+    expected = {s: EpochEstimate(float(n), 0.5) for n, s in enumerate(steps)}
+    assert seen == [expected] * 4
+    assert read_estimates(tmp_path, steps) == expected
+    # The order the workers take them in: the longest first.
+    plan = [Planned(s, 2, 0, expected[s].seconds) for s in steps]
+    assert [p.step for p in longest_first(plan)] == steps[::-1]
+
+
+def test_a_step_whose_timer_stopped_is_timed_by_another(tmp_path: Path) -> None:
+    (tmp_path / ESTIMATES).mkdir()
+    (tmp_path / ESTIMATES / "a.claim").touch()  # claimed by a worker that then died
+    (tmp_path / ESTIMATES / "b.json").write_text('{"train_seconds": 3.0, "test_seconds": 1')
+    timed: list[str] = []
+
+    def probe(step: str) -> EpochEstimate:
+        timed.append(step)
+        return EpochEstimate(1.0, 0.0)
+
+    assert read_estimates(tmp_path, ["a", "b"]) == {}  # half a file is no estimate
+    found = share_estimates(["a", "b"], tmp_path, probe, poll=0.01, stopped_after=0.2)
+    assert timed == ["b", "a"]  # b was never claimed; a only after the wait
+    assert found == {"a": EpochEstimate(1.0, 0.0), "b": EpochEstimate(1.0, 0.0)}
+
+
+@pytest.mark.parametrize(("ceiling", "given"), [(2, ["--ceiling", "2"]), (None, [])])
+def test_a_workers_command_and_what_each_step_records(
+    tmp_path: Path, ceiling: int | None, given: list[str]
+) -> None:
+    """A worker is told its threads, and may follow the free cores up to the ceiling only where
+    the policy chose the count; the command a step records trains it alone, as given."""
+    args = build_parser().parse_args(["run", "--steps", "gap,tiny", "--epochs", "2", "--resume"])
+    choice = Threads(2, 1, "why", ceiling)
+    argv = worker_command(args, ["tiny", "gap"], choice, tmp_path)
+    assert argv[:3] == [sys.executable, "-m", "trainer"]
+    assert argv[argv.index("--threads") + 1] == "1"
+    assert [a for a in argv if a == "--ceiling"] == given[:1]
+    if given:
+        assert argv[argv.index("--ceiling") + 1] == given[1]
+    command = step_command(argv[3:], "gap")
+    assert command.startswith("python -m trainer run --steps gap --jobs 1 --threads 1 ")
+    for hidden in ("--as-job", "--claims", "--ceiling", str(tmp_path)):
+        assert hidden not in command, command
+    assert "--epochs 2" in command and "--resume" in command, command

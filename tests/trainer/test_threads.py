@@ -195,3 +195,73 @@ def test_busy_cores_sees_a_spinning_process() -> None:
         child.kill()
         child.wait()
     assert 0.6 < busy <= len(os.sched_getaffinity(0)) + 0.01, busy
+
+
+@pytest.mark.parametrize(
+    ("cores", "count", "ceiling", "after", "mine", "seconds", "expected"),
+    [
+        # (busy, idle) jiffies of each CPU one second (100 jiffies) on; `mine`: our CPU seconds.
+        (2, 2, 2, ([100, 100], [0, 0]), 2.0, 1.0, 2),  # quiet: the two busy cores are ours
+        (2, 2, 2, ([100, 100], [0, 0]), 1.3, 1.0, 1),  # another program took 0.7 of a core
+        (2, 2, 2, ([100, 70], [0, 30]), 1.3, 1.0, 2),  # ...0.4 of one: not a core, kept
+        (2, 1, 2, ([100, 0], [0, 100]), 1.0, 1.0, 2),  # it left: the core is taken back
+        (2, 1, 2, ([100, 100], [0, 0]), 1.0, 1.0, 1),  # it stays: so do we
+        (2, 1, 1, ([100, 0], [0, 100]), 1.0, 1.0, 1),  # never beyond the ceiling
+        (2, 2, 2, ([100, 100], [0, 0]), 0.0, 1.0, 1),  # both taken: one thread, never none
+        (2, 2, 2, ([100, 100], [0, 0]), 1.0, 0.5, 2),  # within the interval: not looked at
+        (4, 2, 4, ([100] * 4, [0] * 4), 2.0, 1.0, 2),  # a --jobs worker beside another
+        (4, 2, 4, ([100, 100, 0, 0], [0, 0, 100, 100]), 2.0, 1.0, 4),  # the other one ended
+    ],
+)
+def test_the_governor_follows_the_free_cores(
+    tmp_path: Path,
+    cores: int,
+    count: int,
+    ceiling: int,
+    after: tuple[list[int], list[int]],
+    mine: float,
+    seconds: float,
+    expected: int,
+) -> None:
+    stat = tmp_path / "stat"
+    stat.write_text(_stat([0] * cores, [0] * cores))
+    now = {"clock": 0.0, "cpu": 0.0}
+    said: list[str] = []
+    set_to: list[int] = []
+    governor = threads.Governor(
+        count, ceiling, set_to.append, said.append, stat=stat, cores=set(range(cores)),
+        cpu_time=lambda: now["cpu"], clock=lambda: now["clock"],
+    )  # fmt: skip
+    stat.write_text(_stat(*after))
+    now.update(clock=seconds, cpu=mine)
+    governor.batch(1, 10)
+    assert governor.threads == expected
+    assert set_to == ([] if expected == count else [expected])
+    assert len(said) == len(set_to)
+    if said:
+        assert said[0].startswith(f"threads: {count} -> {expected} (other programs keep ")
+
+
+def test_the_governor_without_counters_leaves_the_count(tmp_path: Path) -> None:
+    set_to: list[int] = []
+    governor = threads.Governor(2, 2, set_to.append, stat=tmp_path / "nowhere", cores={0, 1})
+    governor.batch(1, 10)
+    assert governor.threads == 2 and set_to == []
+
+
+def test_the_governor_gives_a_core_to_a_real_spinning_process() -> None:
+    """The real counters and CPU clock: with a child spinning beside two busy threads of this
+    process, the governor gives up a core within its interval."""
+    if not Path("/proc/stat").exists() or len(os.sched_getaffinity(0)) != 2:
+        pytest.skip("needs /proc/stat and 2 cores")
+    set_to: list[int] = []
+    governor = threads.Governor(2, 2, set_to.append, interval=0.5)
+    child = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        deadline = time.monotonic() + 1.2
+        while time.monotonic() < deadline:  # one thread of ours busy: 1 + 1 cores taken
+            governor.batch(1, 10)
+    finally:
+        child.kill()
+        child.wait()
+    assert set_to[:1] == [1], set_to
