@@ -246,9 +246,10 @@ class Overall:
 
     def pace(self, files: dict[str, StepProgress]) -> float:
         """This run's epochs' seconds over what the plan estimated for them: above 1 when the
-        steps run slower side by side, or beside another program, than their first batches did
-        alone (1.6 in a `make demo` with a core kept busy). The steps still to come are
-        counted at this pace; 1 until an epoch has ended."""
+        steps run slower than their first batches did, as beside a program that started later
+        (1.6 in a `make demo` with a core kept busy, when a --jobs run still timed its first
+        batches one step alone). The steps still to come are counted at this pace; 1 until an
+        epoch has ended."""
         planned = taken = 0.0
         for p in self.plan:
             f = files.get(p.step)
