@@ -16,10 +16,10 @@ neither that nor ``OMP_WAIT_POLICY``. The thread count is set after the import
 Even so, two threads on a shared core wait for each other at every region, so the thread count
 follows the cores that are free: when the run starts, ``busy_cores()`` reads how much of this
 process's cores other programs used over a fifth of a second; while a step trains, its
-``Governor`` looks again every second and gives up or takes back a thread. On a CPU the trainer runs as many
-steps side by side as it has cores (a worker process each, ``trainer/jobs.py``), and the free
-cores are shared among them: with a step for every core each computes with one thread, and a
-step alone gets every free core. A CUDA run trains one step at a time (the GPU is shared) with
+``Governor`` looks again every second and gives up or takes back a thread. On a CPU the
+trainer runs as many steps side by side as it has cores (a worker process each,
+``trainer/jobs.py``), and the free cores are shared among them: with a step for every core each
+computes with one thread, and a step alone gets every free core. A CUDA run trains one step at a time (the GPU is shared) with
 every free core. The thread count changes the order of floating-point sums, so a run that must
 repeat another to the last digit gives ``--threads`` (the reports' runs: ``--threads 1``).
 """
