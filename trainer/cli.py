@@ -334,7 +334,7 @@ def planned(todo: list[Todo], estimates: dict[str, EpochEstimate]) -> list[Plann
             t.slug,
             t.recipe.epochs,
             len(t.state["history"]) if t.state else 0,
-            estimates[t.slug].seconds if t.slug in estimates else None,
+            estimates[t.slug].seconds,
         )
         for t in todo
     ]
@@ -364,8 +364,10 @@ def train_in_workers(args: argparse.Namespace, todo: list[Todo], choice: threads
 
         def plan_once_timed() -> None:
             nonlocal overall, total
-            estimates = read_estimates(Path(claims), steps) if overall is None else {}
-            if overall is None and len(estimates) == len(steps):
+            if overall is not None:
+                return
+            estimates = read_estimates(Path(claims), steps)
+            if len(estimates) == len(steps):
                 plan = longest_first(planned(todo, estimates))
                 total = show_plan(plan, choice.jobs)
                 overall = Overall(args.out, plan, choice.jobs, step_started=starts).start()
