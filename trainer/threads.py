@@ -19,9 +19,10 @@ process's cores other programs used over a fifth of a second; while a step train
 ``Governor`` looks again every second and gives up or takes back a thread. On a CPU the
 trainer runs as many steps side by side as it has cores (a worker process each,
 ``trainer/jobs.py``), and the free cores are shared among them: with a step for every core each
-computes with one thread, and a step alone gets every free core. A CUDA run trains one step at a time (the GPU is shared) with
-every free core. The thread count changes the order of floating-point sums, so a run that must
-repeat another to the last digit gives ``--threads`` (the reports' runs: ``--threads 1``).
+computes with one thread, and a step alone gets every free core. A CUDA run trains one step at
+a time (the GPU is shared) with every free core. The thread count changes the order of
+floating-point sums, so a run that must repeat another to the last digit gives ``--threads``
+(the reports' runs: ``--threads 1``); even then only on the same host (docs/steps.md#results).
 """
 
 from __future__ import annotations
