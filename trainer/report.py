@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import shutil
 import statistics
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from trainer.resume import code_hashes
-from trainer.steps import get_step
+from trainer.steps import Recipe, get_step
 from volume import (
     METRICS_FILE,
     STEPS,
@@ -66,8 +66,9 @@ class Run:
 
     @property
     def older_code(self) -> str | None:
-        """None when this run was trained by the code main has now for its step (the hashes
-        trainer/resume.py records) from a clean tree; else why it is not main's result."""
+        """None when this run was trained by the code and the recipe main has now for its step
+        (the hashes trainer/resume.py records) from a clean tree; else why it is not main's
+        result."""
         recorded = self.metrics.provenance.code
         if not recorded:
             return f"trained at {self.commit}, before the trainer recorded its code's hashes"
@@ -76,6 +77,9 @@ class Run:
         changed = sorted(k for k in now.keys() | recorded.keys() if now.get(k) != recorded.get(k))
         if changed:
             return f"trained at {self.commit}; main's {', '.join(changed)} differ"
+        other = recipe_changes(self.metrics.step, self.metrics.recipe)
+        if other:
+            return f"trained at {self.commit} with {', '.join(other)}"
         if self.commit.endswith("-dirty"):
             return f"trained at {self.commit}: from uncommitted changes"
         return None
@@ -85,6 +89,19 @@ class Run:
         """Train minus test accuracy at the best epoch, in percentage points."""
         best = self.metrics.epochs[self.metrics.best_epoch - 1]
         return best.train_accuracy - best.test_accuracy
+
+
+def recipe_changes(step: str, recorded: dict[str, object]) -> list[str]:
+    """How a run's recipe differs from the one main's catalogue has for its step, one phrase a
+    field ("ema 0.999 where main has 0.9995"). The seed is each run's own. A field the run
+    does not record is one added since, and its default is what the run trained with."""
+    mains = asdict(get_step(step).recipe)
+    defaults = asdict(Recipe())
+    return [
+        f"{key} {recorded.get(key, defaults[key])} where main has {value}"
+        for key, value in mains.items()
+        if key != "seed" and recorded.get(key, defaults[key]) != value
+    ]
 
 
 def collect(volume: Path, runs: Path) -> list[str]:
@@ -336,10 +353,13 @@ def provenance_lines(runs: dict[str, list[Run]]) -> list[str]:
     """Every run that main's code did not train, and why: the results above are theirs."""
     older = [(step, r) for step, rs in runs.items() for r in rs if r.older_code is not None]
     if not older:
-        return ["Every run above was trained by main's code for its step, from a clean tree."]
+        return [
+            "Every run above was trained by main's code and recipe for its step, from a clean tree."
+        ]
     lines = [
         f"{len(older)} of {sum(map(len, runs.values()))} runs above were not trained by the code "
-        "main has now for their step (the code hashes each run records, trainer/resume.py): "
+        "and recipe main has now for their step (the code hashes, trainer/resume.py, and the "
+        "recipe each run records): "
         "their figures are the older code's, not yet reproduced by main's. Re-run one with the "
         "command in its metrics and `python -m trainer report --collect MODELS_DIR`.",
         "",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import shutil
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ from tests.conftest import ROOT
 from tests.volume_fixtures import fake_metrics, fake_summary
 from trainer import report
 from trainer.resume import code_digest, code_hashes
+from trainer.steps import FINAL, TINY
 from volume import EpochMetrics, publish
 
 
@@ -234,6 +236,34 @@ def test_a_run_is_mains_only_when_main_has_its_code(
     code: dict[str, str] | None, commit: str | None, label: str | None
 ) -> None:
     assert run_trained_by(code, commit).older_code == label
+
+
+def run_with_recipe(step: str, recipe: dict[str, object]) -> report.Run:
+    metrics = fake_metrics(step)
+    provenance = metrics.provenance.model_copy(
+        update={"code": code_hashes(step), "git_commit": CLEAN}
+    )
+    update = {"provenance": provenance, "recipe": recipe}
+    return report.Run(1, metrics.model_copy(update=update), fake_summary(step))
+
+
+@pytest.mark.parametrize(
+    ("step", "recipe", "label"),
+    [
+        ("gap", {"seed": 3}, None),  # each run picks its seed
+        ("gap", {"ema": 0.999}, "trained at 0123456 with ema 0.999 where main has 0.0"),
+        ("gap", {"lr": 0.1, "epochs": 20},
+         "trained at 0123456 with epochs 20 where main has 15, lr 0.1 where main has 0.01"),
+        ("tiny", asdict(TINY) | {"seed": 2}, None),
+        # Recorded before a field existed: the run trained with the field's default.
+        ("scheduler", {k: v for k, v in asdict(FINAL).items() if k != "ema"},
+         f"trained at 0123456 with ema 0.0 where main has {FINAL.ema}"),
+    ],
+)  # fmt: skip
+def test_a_run_is_mains_only_when_main_has_its_recipe(
+    step: str, recipe: dict[str, object], label: str | None
+) -> None:
+    assert run_with_recipe(step, recipe).older_code == label
 
 
 def test_comments_and_docstrings_are_not_code() -> None:
