@@ -88,7 +88,8 @@ def code_hashes(step: str, legacy: bool = False) -> dict[str, str]:
 
 @dataclass(frozen=True)
 class Fingerprint:
-    """What a run trains; two runs with equal fingerprints train the same numbers (on a CPU)."""
+    """What a run trains; two runs with equal fingerprints train the same numbers on the same
+    CPU host (another host's float rounding moves the digits, docs/steps.md)."""
 
     step: str
     recipe: dict[str, Any]
