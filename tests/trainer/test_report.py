@@ -126,6 +126,45 @@ def test_every_tried_run_in_the_readme_is_its_metrics() -> None:
         assert (final, held) == (report.pct(run.final), "yes" if passed else "**no**"), folder
 
 
+def under_3000_rows() -> list[dict[str, str]]:
+    """The rows of the tables in "Under 3,000 parameters" (docs/steps.md), each by its column
+    names, with the folder of its metrics: the tables name it inside their day's folder."""
+    page = (ROOT / "docs" / "steps.md").read_text()
+    section = page.split("## Under 3,000 parameters")[1].split("\n## ")[0]
+    rows: list[dict[str, str]] = []
+    header: list[str] = []
+    day = "2026-12-06"
+    for line in section.splitlines():
+        if line.startswith("### "):
+            day = line.split()[1].rstrip(":,")
+        if not line.startswith("|"):
+            header = []
+            continue
+        cells = [c.strip() for c in re.split(r"(?<!\\)\|", line.strip().strip("|"))]
+        if not header:
+            header = cells
+        elif not set(cells[0]) <= set("-:"):
+            folder = f"reports/tries/{day}/{cells[-1].strip('`')}"
+            rows.append(dict(zip(header, cells, strict=True)) | {"folder": folder})
+    return rows
+
+
+@pytest.mark.skipif(not (COMMITTED / "REPORT.md").exists(), reason="no committed report yet")
+def test_every_run_under_3000_parameters_in_the_docs_is_its_metrics() -> None:
+    rows = under_3000_rows()
+    assert len(rows) >= 59
+    for row in rows:
+        run = report.load_run(ROOT / row["folder"])
+        recorded = (run.metrics.step, run.metrics.params, run.seed)
+        assert recorded == ("tiny", int(row["params"].replace(",", "")), int(row["seed"])), row
+        assert row["last 3 test %"] == " / ".join(map(report.pct, run.last3)), row
+        assert row["final"] == report.pct(run.final), row
+        held = min(run.last3) >= report.ASSIGNMENT[1]
+        assert row["all >= 99.4"] == ("yes" if held else "**no**"), row
+        if "final test loss" in row:
+            assert row["final test loss"] == f"{run.metrics.epochs[-1].test_loss:.4f}", row
+
+
 def run_with(recipe: dict, layer_types: list[str], train: float, test: float) -> report.Run:
     rows = [
         fake_summary("gap").layers[0].model_copy(update={"type": t, "name": f"{t}-{i}"})
