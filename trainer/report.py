@@ -95,12 +95,11 @@ def recipe_changes(step: str, recorded: dict[str, object]) -> list[str]:
     """How a run's recipe differs from the one main's catalogue has for its step, one phrase a
     field ("ema 0.999 where main has 0.9995"). The seed is each run's own. A field the run
     does not record is one added since, and its default is what the run trained with."""
-    mains = asdict(get_step(step).recipe)
-    defaults = asdict(Recipe())
+    trained = asdict(Recipe()) | recorded
     return [
-        f"{key} {recorded.get(key, defaults[key])} where main has {value}"
-        for key, value in mains.items()
-        if key != "seed" and recorded.get(key, defaults[key]) != value
+        f"{key} {trained[key]} where main has {value}"
+        for key, value in asdict(get_step(step).recipe).items()
+        if key != "seed" and trained[key] != value
     ]
 
 
@@ -359,9 +358,9 @@ def provenance_lines(runs: dict[str, list[Run]]) -> list[str]:
     lines = [
         f"{len(older)} of {sum(map(len, runs.values()))} runs above were not trained by the code "
         "and recipe main has now for their step (the code hashes, trainer/resume.py, and the "
-        "recipe each run records): "
-        "their figures are the older code's, not yet reproduced by main's. Re-run one with the "
-        "command in its metrics and `python -m trainer report --collect MODELS_DIR`.",
+        "recipe each run records): their figures are the older code's or recipe's, not yet "
+        "reproduced by main's. Re-run one with the command in its metrics and "
+        "`python -m trainer report --collect MODELS_DIR`.",
         "",
     ]
     lines += [f"* `{step}` seed {r.seed}: {r.older_code}." for step, r in older]

@@ -109,8 +109,13 @@ def tried_rows() -> list[list[str]]:
     """The rows of the "What got it there" table (docs/steps.md) that name their metrics folder."""
     page = (ROOT / "docs" / "steps.md").read_text()
     section = page.split("## What got it there")[1].split("\n## ")[0]
-    cells = [[c.strip() for c in line.strip("|").split("|")] for line in section.splitlines()]
+    cells = [table_cells(line) for line in section.splitlines()]
     return [row for row in cells if len(row) == 10 and row[-1].startswith("`reports/")]
+
+
+def table_cells(line: str) -> list[str]:
+    """A Markdown table row's cells, stripped; a pipe escaped as ``\\|`` stays in its cell."""
+    return [c.strip() for c in re.split(r"(?<!\\)\|", line.strip().strip("|"))]
 
 
 @pytest.mark.skipif(not (COMMITTED / "REPORT.md").exists(), reason="no committed report yet")
@@ -140,7 +145,7 @@ def under_3000_rows() -> list[dict[str, str]]:
         if not line.startswith("|"):
             header = []
             continue
-        cells = [c.strip() for c in re.split(r"(?<!\\)\|", line.strip().strip("|"))]
+        cells = table_cells(line)
         if not header:
             header = cells
         elif not set(cells[0]) <= set("-:"):
@@ -246,10 +251,16 @@ def test_the_recipe_line_names_the_regularisers_a_recipe_uses(recipe: dict, line
     assert report.recipe_line(recipe) == line
 
 
-def run_trained_by(code: dict[str, str] | None, commit: str | None) -> report.Run:
-    metrics = fake_metrics("gap")
+def run_trained_by(
+    code: dict[str, str] | None,
+    commit: str | None,
+    step: str = "gap",
+    recipe: dict[str, object] | None = None,
+) -> report.Run:
+    metrics = fake_metrics(step)
     provenance = metrics.provenance.model_copy(update={"code": code, "git_commit": commit})
-    return report.Run(1, metrics.model_copy(update={"provenance": provenance}), fake_summary("gap"))
+    update = {"provenance": provenance, "recipe": recipe or {}}
+    return report.Run(1, metrics.model_copy(update=update), fake_summary(step))
 
 
 MAINS = code_hashes("gap")
@@ -277,15 +288,6 @@ def test_a_run_is_mains_only_when_main_has_its_code(
     assert run_trained_by(code, commit).older_code == label
 
 
-def run_with_recipe(step: str, recipe: dict[str, object]) -> report.Run:
-    metrics = fake_metrics(step)
-    provenance = metrics.provenance.model_copy(
-        update={"code": code_hashes(step), "git_commit": CLEAN}
-    )
-    update = {"provenance": provenance, "recipe": recipe}
-    return report.Run(1, metrics.model_copy(update=update), fake_summary(step))
-
-
 @pytest.mark.parametrize(
     ("step", "recipe", "label"),
     [
@@ -302,7 +304,7 @@ def run_with_recipe(step: str, recipe: dict[str, object]) -> report.Run:
 def test_a_run_is_mains_only_when_main_has_its_recipe(
     step: str, recipe: dict[str, object], label: str | None
 ) -> None:
-    assert run_with_recipe(step, recipe).older_code == label
+    assert run_trained_by(code_hashes(step), CLEAN, step, recipe).older_code == label
 
 
 def test_comments_and_docstrings_are_not_code() -> None:
