@@ -37,10 +37,11 @@ from torch import nn
 from trainer.steps import Recipe, get_step
 from volume import EpochMetrics, Metrics, atomic_write_bytes, checkpoint_path, space_needed
 
-# The trainer's modules that decide a step's numbers and what is published of it; the step's
-# own model classes are hashed by their source (other steps' classes do not change it). Not the
-# CLI: it chooses what they are given (the recipe, seed, --limit and device, all recorded in the
-# provenance), so a new flag or a better message does not make every committed run older code.
+# The trainer's modules that decide a step's numbers and what is published of it; the classes
+# of steps.py that its model is made of are hashed by their source (code_hashes), so another
+# step's classes do not change it. Not the CLI: it chooses what they are given (the recipe, seed,
+# --limit and device, all recorded in the provenance), so a new flag or a better message does
+# not make every committed run older code.
 CODE_MODULES = ("train.py", "loop.py", "data.py", "export.py", "summary.py")
 TRAINER_DIR = Path(__file__).resolve().parent
 
@@ -79,8 +80,14 @@ def code_hashes(step: str, legacy: bool = False) -> dict[str, str]:
         return hashlib.sha256(source.encode()).hexdigest()[:16] if legacy else code_digest(source)
 
     hashes = {f"trainer/{name}": digest((TRAINER_DIR / name).read_text()) for name in CODE_MODULES}
-    model = get_step(step).build
-    for cls in inspect.getmro(model) if isinstance(model, type) else ():
+    # Every class of steps.py the model is made of: its own class and bases, and the blocks it
+    # builds from (scheduler's and tiny's `Separable`), each with its bases. Building the model
+    # costs a few milliseconds (reading classes off the step's class alone missed the blocks);
+    # its initial weights are drawn from a forked RNG, so hashing never moves a run's numbers.
+    with torch.random.fork_rng(devices=[]):
+        model = get_step(step).build()
+    classes = {c for m in model.modules() for c in inspect.getmro(type(m))}
+    for cls in sorted(classes, key=lambda c: c.__name__):
         if cls.__module__ == "trainer.steps":
             hashes[f"trainer/steps.py:{cls.__name__}"] = digest(inspect.getsource(cls))
     return hashes

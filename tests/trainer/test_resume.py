@@ -210,6 +210,24 @@ def test_a_step_model_change_changes_only_that_steps_code_hash() -> None:
     assert "trainer/steps.py:LighterNet" in code_hashes("batchnorm")
 
 
+@pytest.mark.parametrize(
+    ("step", "classes"),
+    [
+        ("setup", {"SetupNet"}),
+        ("batchnorm", {"BatchNormNet", "LighterNet"}),
+        ("gap", {"GapNet"}),
+        # The blocks a model is built from count too: a change to Separable re-trains both.
+        ("scheduler", {"SchedulerNet", "SeparableNet", "Separable"}),
+        ("tiny", {"TinyNet", "SeparableNet", "Separable"}),
+    ],
+)
+def test_a_steps_code_hash_covers_every_class_its_model_is_made_of(
+    step: str, classes: set[str]
+) -> None:
+    hashed = {k.split(":")[1] for k in code_hashes(step) if k.startswith("trainer/steps.py:")}
+    assert hashed == classes
+
+
 @pytest.mark.slow
 def test_the_cli_refuses_skips_and_starts_fresh(mnist_dir: Path, tmp_path: Path) -> None:
     """One line each: a state from another recipe is refused (with what differs and --fresh);
