@@ -355,8 +355,8 @@ class SchedulerNet(SeparableNet):
 # epoch, once the average's warm-up, (1 + n) / (10 + n) after n steps, passes 0.9995 at about
 # step 18,000, in epoch 10; until then it averages about the last n / 9 steps). With 0.999
 # seed 2's 13th epoch was at 99.39 %; with 0.9995 every seed's last 3 held >= 99.42 % at the
-# same mean final epoch (99.48 %): steadier, not more accurate. Main's code (2026-12-06):
-# >= 99.40 %, mean final 99.49 % (docs/steps.md).
+# same mean final epoch (99.48 %): steadier, not more accurate. Main's code (2026-12-07)
+# trains those runs again to the hundredth in every epoch (docs/steps.md).
 TINY = replace(FINAL, ema=0.9995)
 
 
