@@ -119,9 +119,11 @@ DIFFS = [
     ("batchnorm", "dropout", ["Dropout"] * 6, [], False),
     ("dropout", "gap", ["BatchNorm2d", "Dropout", "AvgPool2d"], ["Conv2d"], True),
     ("skeleton", "lighter", [], [], True),
-    ("scheduler", "tiny", [], [], True),
+    # A third block a stage (three) and a channel shuffle before each grouped 1x1 (seven).
+    ("scheduler", "tiny", ["Conv2d"] * 6 + ["ChannelShuffle"] * 7 + ["BatchNorm2d", "ReLU"] * 3, [],
+     True),
     ("gap", "gap", [], [], False),
-]
+]  # fmt: skip
 
 
 @pytest.mark.parametrize(("before", "after", "added", "removed", "resized"), DIFFS)

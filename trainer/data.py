@@ -171,36 +171,55 @@ def normalize(images: Tensor) -> Tensor:
     return (x - MNIST_MEAN) / MNIST_STD
 
 
-def augment(x: Tensor, rotation: float, translate: float) -> Tensor:
-    """Rotate each image by up to +-``rotation`` degrees and shift it by up to ``translate``.
+def augment(
+    x: Tensor, rotation: float, translate: float, scale: float = 0.0, brightness: float = 0.0
+) -> Tensor:
+    """Rotate each image by up to +-``rotation`` degrees, shift it by up to ``translate``, zoom
+    it by a factor in 1 +- ``scale`` and multiply its strokes by a factor in 1 +- ``brightness``.
 
     ``x`` is float [N, 1, H, W] on the 0..1 scale (background 0), so the zero padding that
-    grid_sample brings in is background. One affine_grid + grid_sample for the whole batch.
+    grid_sample brings in is background, and a gain leaves the background black as the test
+    images' is. One affine_grid + grid_sample for the whole batch.
     Nearest-neighbour sampling, as torchvision's RandomAffine does by default: bilinear would blur
     every training digit a little while the test digits stay sharp, and it cost the final step
     about 0.1 point of test accuracy on the same seed (99.41 vs 99.49 % at epoch 14).
+    Zoom and gain draw their random numbers only when asked, after the others: a recipe without
+    them draws what it drew before they existed, and trains the same numbers.
     """
     n = x.shape[0]
     angle = (torch.rand(n, device=x.device) * 2 - 1) * math.radians(rotation)
     shift = (torch.rand(n, 2, device=x.device) * 2 - 1) * (2 * translate)  # grid units: 2 = width
     cos, sin = torch.cos(angle), torch.sin(angle)
+    if scale:
+        # The grid samples the image; a grid shrunk by ``zoom`` shows the digit ``zoom`` times larger.
+        zoom = 1 + (torch.rand(n, device=x.device) * 2 - 1) * scale
+        cos, sin = cos / zoom, sin / zoom
     theta = torch.stack(
         [torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1
     )
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-    return F.grid_sample(x, grid, mode="nearest", padding_mode="zeros", align_corners=False)
+    x = F.grid_sample(x, grid, mode="nearest", padding_mode="zeros", align_corners=False)
+    if brightness:
+        gain = 1 + (torch.rand(n, 1, 1, 1, device=x.device) * 2 - 1) * brightness
+        x = (x * gain).clamp_(0.0, 1.0)
+    return x
 
 
 def batch(
-    split: Split, idx: Tensor | slice, rotation: float = 0.0, translate: float = 0.0
+    split: Split,
+    idx: Tensor | slice,
+    rotation: float = 0.0,
+    translate: float = 0.0,
+    scale: float = 0.0,
+    brightness: float = 0.0,
 ) -> tuple[Tensor, Tensor]:
     """The images ``idx`` of ``split`` normalised (and, when asked, augmented), and their labels.
 
     No host sync: a CUDA graph captures it (trainer/graphs.py), with ``idx`` a static buffer.
     """
     x = split.images[idx].unsqueeze(1).float().div_(255.0)
-    if rotation or translate:
-        x = augment(x, rotation, translate)
+    if rotation or translate or scale or brightness:
+        x = augment(x, rotation, translate, scale, brightness)
     return normalize(x), split.labels[idx]
 
 
@@ -210,6 +229,8 @@ def batches(
     shuffle: bool,
     rotation: float = 0.0,
     translate: float = 0.0,
+    scale: float = 0.0,
+    brightness: float = 0.0,
 ) -> Iterator[tuple[Tensor, Tensor]]:
     """Normalised (and, when asked, augmented) minibatches from a split held on its device."""
     n = len(split)
@@ -220,4 +241,4 @@ def batches(
             if order is not None
             else slice(start, start + batch_size)
         )
-        yield batch(split, idx, rotation, translate)
+        yield batch(split, idx, rotation, translate, scale, brightness)

@@ -246,7 +246,7 @@ class GraphTrainer:
     def _train_step(self, indices: Tensor) -> None:
         r = self.recipe
         self.model.zero_grad(set_to_none=True)
-        x, y = batch(self.train, indices, r.rotation, r.translate)
+        x, y = batch(self.train, indices, r.rotation, r.translate, r.scale, r.brightness)
         output = self.model(x)
         # The plain loop's loss (train_one_epoch says why cross_entropy of log-probabilities).
         loss = F.cross_entropy(output, y, label_smoothing=r.label_smoothing)

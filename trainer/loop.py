@@ -96,7 +96,8 @@ def train_one_epoch(
     correct = torch.zeros((), dtype=torch.long, device=data.labels.device)
     per_batch = recipe.schedule == "onecycle"
     steps = -(-len(data) // recipe.batch_size)
-    loop = batches(data, recipe.batch_size, True, recipe.rotation, recipe.translate)
+    r = recipe
+    loop = batches(data, r.batch_size, True, r.rotation, r.translate, r.scale, r.brightness)
     bar = tqdm(loop, total=steps, desc=description, disable=not progress, leave=False)
     for done, (x, y) in enumerate(bar, start=1):
         optimizer.zero_grad(set_to_none=True)

@@ -159,6 +159,10 @@ def why_test_is_higher(run: Run) -> str:
         augmentation.append(f"rotated up to {recipe['rotation']} degrees")
     if recipe.get("translate"):
         augmentation.append(f"shifted up to {float(recipe['translate']):.0%} of their size")
+    if recipe.get("scale"):
+        augmentation.append(f"zoomed in or out by up to {float(recipe['scale']):.0%}")
+    if recipe.get("brightness"):
+        augmentation.append(f"brightened or dimmed by up to {float(recipe['brightness']):.0%}")
     if augmentation:
         causes.append(f"training images are {' and '.join(augmentation)}, test images are not")
     if any(row.type.startswith("Dropout") for row in run.summary.layers):
@@ -454,7 +458,8 @@ def render(runs: dict[str, list[Run]]) -> str:
 def recipe_line(recipe: dict[str, object]) -> str:
     keys = ["epochs", "batch_size", "optimizer", "lr", "schedule", "rotation", "translate"]
     # Regularisers are named only where a recipe uses them: the steps differ by them alone.
-    keys += [k for k in ("weight_decay", "label_smoothing", "ema") if recipe.get(k)]
+    extra = ("scale", "brightness", "weight_decay", "label_smoothing", "ema")
+    keys += [k for k in extra if recipe.get(k)]
     return ", ".join(f"{k} {recipe[k]}" for k in [*keys, "seed"] if k in recipe)
 
 

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import gzip
+import math
 import shutil
 from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
+from torch import Tensor
 
 from trainer import data
 from trainer.data import MNIST_SHA256, DataError, batches, download_mnist, read_mnist_folder
@@ -115,4 +118,68 @@ def test_batches_are_normalised_and_augmentation_keeps_shape() -> None:
 
 def test_zero_augmentation_is_the_identity() -> None:
     x = torch.rand(4, 1, 28, 28)
-    assert torch.allclose(data.augment(x, 0.0, 0.0), x, atol=1e-5)
+    assert torch.allclose(data.augment(x, 0.0, 0.0, 0.0, 0.0), x, atol=1e-5)
+
+
+def square(n: int, side: int, value: float = 0.8) -> Tensor:
+    """``n`` black 28x28 images with a ``side``-pixel grey square in the middle."""
+    x = torch.zeros(n, 1, 28, 28)
+    lo = (28 - side) // 2
+    x[:, :, lo : lo + side, lo : lo + side] = value
+    return x
+
+
+@pytest.mark.parametrize(
+    ("scale", "smallest", "largest"),
+    # A 20-pixel square zoomed by 1 +- scale: its side stays within 20 * (1 +- scale),
+    # give or take the pixel that nearest-neighbour sampling rounds to.
+    [(0.0, 20, 20), (0.1, 17, 23), (0.25, 14, 26)],
+)
+def test_zoom_scales_the_digit_within_its_bounds(scale: float, smallest: int, largest: int) -> None:
+    torch.manual_seed(0)
+    out = data.augment(square(256, 20), 0.0, 0.0, scale=scale)
+    sides = (out[:, 0] > 0).any(dim=1).sum(dim=1)  # rows the square covers
+    assert smallest <= int(sides.min()) and int(sides.max()) <= largest
+    if scale:
+        assert int(sides.min()) < 20 < int(sides.max()), "both zooming in and out"
+
+
+@pytest.mark.parametrize("brightness", [0.0, 0.2, 0.5])
+def test_brightness_scales_strokes_and_keeps_the_background_black(brightness: float) -> None:
+    torch.manual_seed(0)
+    x = square(256, 10, value=0.6)
+    out = data.augment(x, 0.0, 0.0, brightness=brightness)
+    stroke = out[x > 0].view(256, -1)
+    assert torch.all(out[x == 0] == 0), "the background stays 0, as the test images' is"
+    assert torch.all(stroke == stroke[:, :1]), "one gain an image"
+    gains = stroke[:, 0] / 0.6
+    assert (
+        float(gains.min()) >= 1 - brightness - 1e-6 and float(gains.max()) <= 1 + brightness + 1e-6
+    )
+    assert float(gains.max() - gains.min()) >= brightness  # the draws spread over the range
+    assert torch.all(data.augment(square(4, 10, 1.0), 0.0, 0.0, brightness=0.5) <= 1.0)
+
+
+def augment_before_zoom_and_gain(x: Tensor, rotation: float, translate: float) -> Tensor:
+    """trainer/data.py's augment() as it was (dab10b9) when the runs in reports/runs trained."""
+    n = x.shape[0]
+    angle = (torch.rand(n) * 2 - 1) * math.radians(rotation)
+    shift = (torch.rand(n, 2) * 2 - 1) * (2 * translate)
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    theta = torch.stack(
+        [torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1
+    )
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="nearest", padding_mode="zeros", align_corners=False)
+
+
+def test_zoom_and_gain_left_out_train_what_was_trained_before_them() -> None:
+    """A recipe without zoom or gain draws the same random numbers, in the same order, as
+    before both existed: the runs committed before them are still what main's code trains."""
+    x = torch.rand(64, 1, 28, 28)
+    torch.manual_seed(3)
+    expected = augment_before_zoom_and_gain(x, 5.0, 0.03)
+    expected_state = torch.random.get_rng_state()
+    torch.manual_seed(3)
+    assert torch.equal(data.augment(x, 5.0, 0.03, 0.0, 0.0), expected)
+    assert torch.equal(torch.random.get_rng_state(), expected_state)

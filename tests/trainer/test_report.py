@@ -190,6 +190,9 @@ def run_with(recipe: dict, layer_types: list[str], train: float, test: float) ->
          ["rotated", "shifted", "dropout"]),
         ({"rotation": 5.0, "translate": 0.03}, ["Conv2d"], 99.2, 99.5,
          ["rotated up to 5.0 degrees and shifted up to 3%", "averaged"], ["dropout"]),
+        ({"rotation": 5.0, "scale": 0.09, "brightness": 0.2}, ["Conv2d"], 99.2, 99.5,
+         ["rotated up to 5.0 degrees and zoomed in or out by up to 9% and brightened or "
+          "dimmed by up to 20%"], ["shifted"]),
         ({}, ["Conv2d", "Dropout"], 98.7, 99.1, ["dropout is on while training", "averaged"],
          ["rotated"]),
         ({"ema": 0.999}, ["Conv2d"], 99.2, 99.5,
@@ -245,6 +248,9 @@ def test_the_accuracy_plot_labels_never_overlap_and_mark_the_assignment() -> Non
         ({"epochs": 15, "ema": 0.9995, "seed": 2}, "epochs 15, ema 0.9995, seed 2"),
         ({"lr": 0.05, "weight_decay": 5e-05, "label_smoothing": 0.1},
          "lr 0.05, weight_decay 5e-05, label_smoothing 0.1"),
+        # tiny's augmentation beyond the final step's.
+        ({"rotation": 5.0, "scale": 0.09, "brightness": 0.2, "ema": 0.9995},
+         "rotation 5.0, scale 0.09, brightness 0.2, ema 0.9995"),
     ],
 )  # fmt: skip
 def test_the_recipe_line_names_the_regularisers_a_recipe_uses(recipe: dict, line: str) -> None:
