@@ -42,8 +42,9 @@ per epoch of the final step. --out DIR keeps report.md (what it printed), check.
 trainer.log and runs.tar.gz (every run's metrics.json and summary.json as
 <eager|graphs>/<step>/seed-<n>/, the layout of reports/runs). It exits 1 and says why when the
 check fails, a trainer run fails, or on CUDA a step fell back to eager under --graphs on
-(tiny, whose Adam the graph path does not take, is eager by design). On a CPU the trainer runs are eager both times (--graphs auto) and the check's "captured" run is the
-uncaptured path: that tests this script, not CUDA graphs. On one H200 the eager run of every
+(tiny, whose Adam the graph path does not take, is eager by design). On a CPU the trainer
+runs are eager both times (--graphs auto) and the check's "captured" run is the uncaptured
+path: that tests this script, not CUDA graphs. On one H200 the eager run of every
 step took 4 min 15 s on 2026-11-26 (seven steps then); bench/gpu_compare_graphs.sh, the one
 device call, sizes the rest to the lease.
 """
